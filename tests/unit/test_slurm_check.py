@@ -186,6 +186,21 @@ def test_check_of_nodes_slurm_does_not_know_says_so_not_that_scontrol_failed(
     assert "could not be asked" not in out
 
 
+def test_not_found_for_nodes_not_asked_is_no_answer(
+    run: Run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """scontrol reading the hostlist as other nodes (Debian's 22.05 reads ``c[1-3`` as the
+    node ``c]``): its 'Node c] not found' said nothing of c2 and c3, yet was taken as
+    slurmctld's answer, and check, seeing neither node shown nor 'not found', passed them."""
+    fake = run.tmp / "scontrol"
+    fake.write_text(UNKNOWN.replace("Node c2", "Node c]").replace("Node c3", "Node c]"))
+    fake.chmod(0o755)
+    run.scontrol = Scontrol(str(fake))
+    assert run.scontrol.states(["c2", "c3"]) is None
+    assert run("check", "c[2-3]") == 1
+    assert "c[2-3]: scontrol could not be asked" in capsys.readouterr().out
+
+
 def test_check_says_when_scontrol_cannot_be_asked(
     run: Run, capsys: pytest.CaptureFixture[str]
 ) -> None:

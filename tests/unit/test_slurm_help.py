@@ -12,7 +12,9 @@ def test_help_says_how_slurmctld_runs_it_where_it_logs_and_its_exit_codes(
 ) -> None:
     """The help named the four commands and --config only: not the symlink names
     slurm.conf's programs must have, that under slurmctld the config is always the
-    default file, where the runs log (Slurm discards their output), nor the exit codes."""
+    default file, where the runs log (Slurm discards their output), nor the exit codes.
+    (Then it said "slurmctld passes no environment", though it passes SLURM_CONF, and
+    "check to stderr only", though check's findings are on stdout.)"""
     with pytest.raises(SystemExit) as done:
         cli.main(["--help"])
     assert done.value.code == 0
@@ -20,7 +22,9 @@ def test_help_says_how_slurmctld_runs_it_where_it_logs_and_its_exit_codes(
     for said in (
         "ws-slurm-resume, ws-slurm-suspend and ws-slurm-resume-fail",
         "ResumeProgram=/usr/local/sbin/ws-slurm-resume",
-        "under it the config is /etc/workspace/slurm.toml",
+        "slurmctld passes none of your environment (no $WS_SLURM_CONFIG, no PATH): under "
+        "it the config is /etc/workspace/slurm.toml",
+        "check prints what it finds on stdout and logs to stderr only",
         "log_file (default /var/log/ws-slurm.log",
         'reason starting "ws: "',
         "Exit: 0 done, 1 something failed, 2 usage or config error, 3 the service",

@@ -113,6 +113,56 @@ def test_a_lock_file_whose_directory_is_a_file_is_said_so(tmp_path: Path) -> Non
         locks.try_acquire(["c1"])
 
 
+def _refused(monkeypatch: pytest.MonkeyPatch, lock: Path) -> None:
+    """os.open of ``lock`` fails with EACCES (as root every file opens)."""
+    real_open = os.open
+
+    def refuse(path: object, *args: object, **kwargs: object) -> int:
+        if str(path) == str(lock):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refuse)
+
+
+def test_a_lock_file_of_ones_own_with_its_modes_right_is_not_told_to_chmod(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused for another reason than its modes (an AppArmor or SELinux policy): the
+    error said "it is -rw------- slurm: chmod 0600 FILE", which changes nothing."""
+    lock = tmp_path / "nodes.lock"
+    lock.write_text("")
+    lock.chmod(0o600)
+    _refused(monkeypatch, lock)
+    with pytest.raises(LockFileError) as raised:
+        NodeLocks(str(lock)).try_acquire(["c1"])
+    assert "chmod" not in raised.value.message, raised.value.message
+    assert f"lock file {lock}: Permission denied (ws-slurm locks its nodes" in raised.value.message
+
+
+def test_a_lock_file_of_another_users_by_a_user_without_a_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose uid has no passwd entry (a container's): the KeyError of its name's
+    lookup ended the run in a traceback, the nodes not told to Slurm."""
+    lock = tmp_path / "nodes.lock"
+    lock.write_text("")
+    os.chown(lock, 65534, 65534)
+    _refused(monkeypatch, lock)
+    real = pwd.getpwuid
+
+    def nameless(uid: int) -> pwd.struct_passwd:
+        if uid == os.geteuid():
+            raise KeyError(uid)
+        return real(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", nameless)
+    with pytest.raises(LockFileError) as raised:
+        NodeLocks(str(lock)).try_acquire(["c1"])
+    assert f"not uid {os.geteuid()}'s, who runs ws-slurm here" in raised.value.message
+    assert raised.value.message.endswith(f"chown {os.geteuid()} {lock})"), raised.value.message
+
+
 def test_the_cli_module_runs_as_a_program() -> None:
     """``python -m workspace.slurm.cli`` printed nothing and did nothing."""
     out = subprocess.run(

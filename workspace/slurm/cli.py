@@ -75,10 +75,11 @@ EPILOG = f"""\
 slurm.conf runs it through symlinks named ws-slurm-resume, ws-slurm-suspend and
 ws-slurm-resume-fail (the name implies the command), with a hostlist (cloud[1-3]):
   ResumeProgram=/usr/local/sbin/ws-slurm-resume (conf/slurm/slurm.conf.fragment)
-slurmctld passes no environment: under it the config is {DEFAULT_CONFIG}
-(conf/slurm/ws-slurm.toml). resume, suspend and resume-fail log to the config's
-log_file (default {DEFAULT_LOG}; Slurm discards what they print), check
-to stderr only. A node that cannot run is DOWN with a reason starting "ws: "
+slurmctld passes none of your environment (no $WS_SLURM_CONFIG, no PATH): under it
+the config is {DEFAULT_CONFIG} (conf/slurm/ws-slurm.toml). resume, suspend and
+resume-fail log to the config's log_file (default {DEFAULT_LOG}; Slurm
+discards what they print); check prints what it finds on stdout and logs to stderr
+only. A node that cannot run is DOWN with a reason starting "ws: "
 (sinfo -R). Run resume or suspend by hand as SlurmUser only (sudo -u slurm): a log or
 lock file a run as root makes is root's, and slurmctld's runs cannot open it.
 Exit: 0 done, 1 something failed, 2 usage or config error, 3 the service cannot be

@@ -55,21 +55,29 @@ class LockFileError(errors.ConfigError):
 
 def _fix_for_the_file(where: Path) -> str:
     """Why this run may not open the lock file that is there, and the fix ("" when it is
-    not there: its directory is the problem). A file of another user's is one a run as
+    not there: its directory is the problem; "" too when the file is this user's and
+    its modes let it be opened). A file of another user's is one a run as
     that user made (root's, by hand): the directory's mode does not matter then."""
     try:
         st = os.stat(where)
     except OSError:
         return ""
-    me = pwd.getpwuid(os.geteuid()).pw_name
+    uid = os.geteuid()
+    try:
+        me = pwd.getpwuid(uid).pw_name
+        chown = f"{me}:"
+    except KeyError:  # a uid without a name (a container's)
+        me, chown = f"uid {uid}", str(uid)
     mode = f"{stat.filemode(st.st_mode)} {owner(st)}"
-    if st.st_uid != os.geteuid():
+    if st.st_uid != uid:
         return (
             f"it is {mode}, not {me}'s, who runs ws-slurm here: made by a run as "
             f"{owner(st)}? SlurmUser runs ws-slurm under slurmctld; run it by hand as "
-            f"SlurmUser too: chown {me}: {where}"
+            f"SlurmUser too: chown {chown} {where}"
         )
-    return f"it is {mode}: chmod 0600 {where}"
+    if st.st_mode & (stat.S_IRUSR | stat.S_IWUSR) != stat.S_IRUSR | stat.S_IWUSR:
+        return f"it is {mode}: chmod 0600 {where}"
+    return ""  # its modes are right: refused for another reason (a security policy)
 
 
 class NodeLocks:

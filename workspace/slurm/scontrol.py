@@ -40,7 +40,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from workspace.slurm.hostlist import compress, expand_all
 
@@ -133,12 +133,12 @@ class Scontrol:
             'ws-slurm); set scontrol = "/full/path/scontrol" in the ws-slurm config'
         )
 
-    def _run(self, *args: str, partial: str = "") -> str | None:
+    def _run(self, *args: str, partial: str = "", asked: Collection[str] = ()) -> str | None:
         """scontrol's stdout, or None when it failed. ``partial``: a failed run whose
         stdout still has lines starting so is an answer for those (``show node`` of a
         list with a node slurmctld does not know prints the others, then exits 1), and
-        one whose stdout is only ``Node X not found`` lines is an answer too: slurmctld
-        knows none of them (not "scontrol could not be asked")."""
+        one whose stdout is only ``Node X not found`` lines, each of a node ``asked``, is
+        an answer too: slurmctld knows none of them (not "scontrol could not be asked")."""
         command = find(self.command)
         if command is None:
             if not self._said_missing:  # once a run: its hostnames, features, updates
@@ -169,7 +169,7 @@ class Scontrol:
             self.spent_s += time.monotonic() - start
             log.warning("scontrol %s: %s", _shown(args), exc)
             return None
-        if proc.returncode != 0 and partial and _answered(proc.stdout, partial):
+        if proc.returncode != 0 and partial and _answered(proc.stdout, partial, asked):
             rest = _not_partial(proc.stdout, partial)
             if rest:
                 log.warning("scontrol %s: %s", _shown(args), _cut(rest, 4 * MAX_LOGGED_ARG))
@@ -203,7 +203,9 @@ class Scontrol:
         # A node slurmctld does not know (gone from slurm.conf) is left out, not a
         # failure that would hide every other node's state.
         out = (
-            self._run("show", "node", "-o", compress(names), partial="NodeName=") if names else None
+            self._run("show", "node", "-o", compress(names), partial="NodeName=", asked=names)
+            if names
+            else None
         )
         if out is None:
             return None
@@ -377,11 +379,12 @@ def _has(out: str, partial: str) -> bool:
     return any(line.startswith(partial) for line in out.splitlines())
 
 
-def _answered(out: str, partial: str) -> bool:
+def _answered(out: str, partial: str, asked: Collection[str]) -> bool:
     """Whether a failed run's stdout is slurmctld's answer: lines starting with
-    ``partial``, or nothing but ``Node X not found`` (``show node`` of unknown nodes)."""
-    lines = [line for line in out.splitlines() if line.strip()]
-    return _has(out, partial) or (bool(lines) and all(NOT_FOUND.match(line) for line in lines))
+    ``partial``, or nothing but ``Node X not found`` of nodes ``asked`` (``show node`` of
+    unknown nodes; one of a node not asked says nothing of those that were)."""
+    found = [NOT_FOUND.match(line) for line in out.splitlines() if line.strip()]
+    return _has(out, partial) or (bool(found) and all(m and m[1] in asked for m in found))
 
 
 def _not_partial(out: str, partial: str) -> str:
