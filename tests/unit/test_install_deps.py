@@ -38,3 +38,15 @@ def test_the_demo_packages_build_the_libvirt_extra() -> None:
     for kind in ("demo", "all"):
         missing = {"gcc", "python3-dev", "libvirt-dev", "pkg-config"} - packages(kind)
         assert not missing, f"install-deps.sh {kind} does not install {sorted(missing)}"
+
+
+def test_every_make_target_the_tree_names_is_in_the_makefile() -> None:
+    """A skip message or a doc that says `make X` sends its reader to a target that runs."""
+    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
+    named = {}
+    for path in ROOT.rglob("*"):
+        if path.suffix in (".py", ".md", ".sh", ".toml") and ".venv" not in path.parts:
+            for target in re.findall(r"`make ([a-z][\w-]*)", path.read_text(errors="replace")):
+                named.setdefault(target, path.relative_to(ROOT))
+    wrong = {t: str(p) for t, p in named.items() if t not in targets}
+    assert not wrong, f"`make TARGET` named but not in the Makefile: {wrong}"
