@@ -219,8 +219,9 @@ def check_log_level(level: str) -> None:
         raise ConfigError(f"log_level: {level!r} is not one of {', '.join(LOG_LEVELS)}")
 
 
-# The SQLAlchemy dialects the store runs on (docs/design/store.md).
-DATABASE_SCHEMES = ("sqlite", "postgresql")
+# The SQLAlchemy dialects the store runs on (docs/design/store.md); postgres:// is libpq's
+# other name for postgresql://, which the store takes as well (store/engines.py).
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
