@@ -1,0 +1,3 @@
+"""The node agent."""
+
+import workspace  # noqa: F401  (first: grpc-core's log level, set before grpc is imported)

@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="workspace-agent", description=__doc__)
     version.add_option(p)
     p.add_argument("--config", help="TOML config file (see conf/agent.toml)")
-    p.add_argument("--service", help="override `service` (host:port or unix:/path)")
+    p.add_argument(
+        "--service",
+        help="override `service`: the service's node_listen (host:port or unix:/path; "
+        "several replicas: comma-separated, tried in turn)",
+    )
     p.add_argument("--node", help="override `node` (the node name)")
     p.add_argument("--driver", choices=["fake", "libvirt"], help="override `driver`")
     p.add_argument("--state-dir", help="override `state_dir`")

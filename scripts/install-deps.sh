@@ -6,7 +6,9 @@
 #                           tests use (PostgreSQL, Prometheus, Slurm), which apt would
 #                           enable and start on a systemd host.
 set -eu
-DEMO="python3-venv qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu \
+# gcc and python3-dev: pip builds libvirt-python (the `libvirt` extra) from source, as
+# it has no wheel.
+DEMO="python3-venv gcc python3-dev qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu \
 libvirt-clients libvirt-dev pkg-config dnsmasq-base busybox-static linux-image-amd64 \
 iproute2 cpio gzip kmod e2fsprogs mmdebstrap openssh-client nftables util-linux"
 TESTS="cloud-init postgresql prometheus iputils-ping iperf3 slurmctld slurm-client"

@@ -29,7 +29,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from workspace import client_streams, errors, failover, rpc, rpc_status
-from workspace.client_address import CUT, local_site_hint, no_connection, older_service
+from workspace.client_address import (
+    CUT,
+    connect_reason,
+    local_site_hint,
+    no_connection,
+    older_service,
+)
 from workspace.client_address import IDENTITY_ENV as IDENTITY_ENV  # re-exported
 from workspace.client_address import SERVICE_ENV as SERVICE_ENV  # re-exported
 from workspace.client_address import TLS_ENV as TLS_ENV  # re-exported
@@ -107,8 +113,6 @@ _NOTHING_THERE = (
     "dns resolution",
     "errors resolving",
 )
-# gRPC's preamble to the reason one address failed, left out where each is named.
-_PICK_FAILED = "failed to connect to all addresses; last error: "
 
 
 # gRPC's own words for a message over the size limit, on either side.
@@ -306,12 +310,10 @@ class Client(
         if len(failures) < 2:
             return ServiceUnreachable(
                 f"cannot reach the workspace service at {failures[0][0]}: "
-                f"{details or 'unavailable'}{hint}{site}",
+                f"{connect_reason(details) or 'unavailable'}{hint}{site}",
                 failures,
             )
-        each = "".join(
-            f"\n  {address}: {why.removeprefix(_PICK_FAILED)}" for address, why in failures
-        )
+        each = "".join(f"\n  {address}: {connect_reason(why)}" for address, why in failures)
         return ServiceUnreachable(
             f"cannot reach the workspace service at any of the {len(failures)} addresses "
             f"tried{hint}{site}:{each}",

@@ -15,6 +15,7 @@ channel is plaintext, which only a service started with ``insecure = true`` acce
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -66,6 +67,26 @@ CONNECT_MARKERS = (
     "connect failed",
     "permission denied",
 )
+
+
+# grpc-core's wrapping of the reason a connection could not be made: "failed to connect
+# to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:7070: " before it (a status word
+# of its own, UNKNOWN for a refused port, FAILED_PRECONDITION for a missing socket, none
+# of them the service's; and the address, named already), and for a unix socket "addr:
+# unix:/x.sock error: " within it.
+_GRPC_WRAPPING = re.compile(
+    r"^(?:failed to connect to all addresses; last error: )?(?:[A-Z_]+: )?"
+    r"(?:(?:ipv4|ipv6|unix|unix-abstract):\S*?: )?"
+)
+_UNIX_ADDR = re.compile(r"addr: \S+ error: ")
+
+
+def connect_reason(details: str) -> str:
+    """What gRPC's ``details`` say of why no connection could be made, without its
+    wrapping: "Failed to connect to remote host: Connection refused" of "failed to connect
+    to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:7070: Failed to connect to
+    remote host: Connection refused"."""
+    return _UNIX_ADDR.sub("", _GRPC_WRAPPING.sub("", details, count=1)) or details
 
 
 def no_connection(details: str) -> bool:

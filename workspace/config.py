@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import shlex
 import socket
 import tomllib
 from collections.abc import Iterable
@@ -218,8 +219,9 @@ def check_log_level(level: str) -> None:
         raise ConfigError(f"log_level: {level!r} is not one of {', '.join(LOG_LEVELS)}")
 
 
-# The SQLAlchemy dialects the store runs on (docs/design/store.md).
-DATABASE_SCHEMES = ("sqlite", "postgresql")
+# The SQLAlchemy dialects the store runs on (docs/design/store.md); postgres:// is libpq's
+# other name for postgresql://, which the store takes as well (store/engines.py).
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -441,7 +443,11 @@ class ServiceConfig:
                 f"({self.heartbeat_interval_s}): every node would be DOWN between its "
                 "heartbeats; give it several intervals (default 40 for 5)"
             )
-        if not self.squeue_command:
+        try:
+            squeue = shlex.split(self.squeue_command)
+        except ValueError as e:  # an unbalanced quote: every slurm-queue signal would fail
+            raise ConfigError(f"squeue_command: {self.squeue_command!r}: {e}") from None
+        if not squeue:
             raise ConfigError("squeue_command: must not be empty")
         if self.autoscale_commands_dir and not os.path.isabs(self.autoscale_commands_dir):
             raise ConfigError(

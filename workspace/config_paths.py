@@ -10,6 +10,7 @@ resolved against the directory it runs in, as any argument is.
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from workspace.errors import ConfigError
@@ -17,10 +18,11 @@ from workspace.errors import ConfigError
 # What a key holds: a path ("" = none; "~/x" is a directory named "~" like any other
 # relative one), a path whose "~" is the home directory (the [tls] files: rpc.py expands
 # it), an address list ("host:port" or "unix:PATH", comma-separated), a SQLAlchemy URL,
-# a path but for some words ("auto", "none"), or a command (a bare name is looked up in
-# $PATH; one with a "/" is a path).
+# a path but for some words ("auto", "none"), a command (a bare name is looked up in
+# $PATH; one with a "/" is a path), or a command line (its first word such a command:
+# ``squeue_command``, split as a shell would).
 PATH, HOME_PATH, ADDRESS, URL, SCHEMA = "path", "home-path", "address", "url", "schema"
-COMMAND = "command"
+COMMAND, COMMAND_LINE = "command", "command-line"
 TLS_KEYS = {
     f"tls.{k}": HOME_PATH for k in ("identity_dir", "ca_file", "cert_file", "key_file", "crl_file")
 }
@@ -32,6 +34,8 @@ SERVICE_KEYS = {
     "node_listen": ADDRESS,
     "context.vendor_data_file": PATH,
     "context.cloud_config_schema": SCHEMA,
+    "autoscale_commands_dir": PATH,
+    "squeue_command": COMMAND_LINE,
     **TLS_KEYS,
 }
 AGENT_KEYS = {
@@ -64,6 +68,12 @@ def _relative(kind: str, value: str) -> str:
         if not sep or not scheme.startswith("sqlite") or rest in ("", ":memory:"):
             return ""
         value = rest.partition("?")[0]
+    if kind == COMMAND_LINE:
+        try:
+            words = shlex.split(value)
+        except ValueError:
+            return ""  # not a command line: the loader's checks say so
+        return _relative(COMMAND, words[0]) if words else ""
     if kind == COMMAND and "/" not in value:
         return ""
     if kind == ADDRESS:

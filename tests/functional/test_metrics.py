@@ -57,7 +57,7 @@ def value(text: str, name: str, **labels: str) -> float:
 def promtool_check(text: str) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool is not installed (Debian's prometheus; `make install-deps`)")
+        pytest.skip("promtool is not installed (Debian's prometheus; `make deps`)")
     r = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
@@ -397,7 +397,7 @@ def test_every_dashboard_expression_is_promql(tmp_path: Path) -> None:
     rules, the dashboard's variables given the jobs' default names)."""
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool is not installed (Debian's prometheus; `make install-deps`)")
+        pytest.skip("promtool is not installed (Debian's prometheus; `make deps`)")
     rules = [
         {
             "record": f"dashboard:{i}",

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import create_engine
 
 from images.model import ImageSpec, Mode, Partition
 from tests.functional.harness import WS, Site, wait_for
+from tests.pg import USER as PG_USER
+from tests.pg import PgServer
 from workspace.ops import images as images_ops
-from workspace.store import Workspace
+from workspace.store import Workspace, engines, migrations
 from workspace.store.engines import MAX_OVERFLOW, POOL_SIZE
 from workspace.store.mapping import bound_spec
 
@@ -115,3 +118,25 @@ def test_a_replica_holds_the_database_connections_the_docs_say(tmp_path: Path, p
         f"{held} database connections" in store
         and f"at least {held} \N{MULTIPLICATION SIGN} N" in store
     )
+
+
+def test_a_role_that_may_not_create_the_tables_is_one_line_saying_what_to_do(
+    pg_server: PgServer, pg_db: str
+) -> None:
+    """The README's database (`postgresql://workspace@db/workspace`), made by the
+    superuser with `createdb workspace`, is not the role's: on PostgreSQL 15 the role may
+    not create tables in its schema public. The service's start ended with "cannot start:
+    store migration failed: (Background on this error at: https://sqlalche.me/e/…)",
+    SQLAlchemy's last line, the reason only among a hundred lines of traceback above it."""
+    pg_server.sql("DROP ROLE IF EXISTS ws_no_create")
+    pg_server.sql("CREATE ROLE ws_no_create LOGIN")
+    url = pg_db.replace(f"postgresql://{PG_USER}@", "postgresql://ws_no_create@")
+    engine = create_engine(engines.normalize_url(url))
+    try:
+        with pytest.raises(RuntimeError) as caught:
+            migrations.upgrade_in_child(engine)
+    finally:
+        engine.dispose()
+    said = str(caught.value)
+    assert said.startswith("store migration failed: permission denied for schema public")
+    assert "`createdb -O ROLE DB`" in said and "sqlalche.me" not in said, said

@@ -5,6 +5,7 @@ uploads, waits that follow the watch)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -130,6 +131,30 @@ def test_a_list_of_addresses_none_answers_names_each(
     assert caught.value.message.startswith(f"cannot reach the workspace service at {a}: ")
     assert "\n" not in caught.value.message
     assert [address for address, _why in caught.value.failures] == [a]
+
+
+def test_an_address_that_refuses_says_why_in_plain_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A replica down said "failed to connect to all addresses; last error: UNKNOWN:
+    ipv4:127.0.0.1:P: Failed to connect to remote host: Connection refused", a missing
+    socket "FAILED_PRECONDITION: unix:/x: connect failed: addr: unix:/x error: No such
+    file or directory": grpc-core's status words (not the service's: nothing answered)
+    and the address again. Each address is named once, with the reason only."""
+    monkeypatch.setenv(record.SITE_ENV, str(tmp_path))
+    with socket.socket() as held:  # a port nothing listens on
+        held.bind(("127.0.0.1", 0))
+        tcp = f"127.0.0.1:{held.getsockname()[1]}"
+    sock = f"unix:{tmp_path / 'a.sock'}"
+    assert ws_cli.main(["--service", f"{sock},{tcp}", "list"]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err[1] == f"  {sock}: connect failed: No such file or directory"
+    assert err[2].startswith(f"  {tcp}: ") and err[2].endswith("Connection refused")
+    assert ws_cli.main(["--service", tcp, "list"]) == 3
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"ws: error: cannot reach the workspace service at {tcp}: ")
+    for grpc_words in ("UNKNOWN", "ipv4:", "all addresses", "last error"):
+        assert grpc_words not in line, line
 
 
 def test_default_site_dir(monkeypatch: pytest.MonkeyPatch) -> None:

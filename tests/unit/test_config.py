@@ -30,6 +30,7 @@ from workspace.config import (
 )
 from workspace.errors import ConfigError
 from workspace.scheduler import weighers
+from workspace.store import engines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -374,6 +375,16 @@ def test_the_scheduler_policies_a_config_names_are_the_schedulers() -> None:
     assert load(ServiceConfig, None, scheduler={"policy": "spread"}).scheduler.policy == "spread"
     assert load(ServiceConfig, None, log_level="debug").log_level == "debug"
     assert load(ServiceConfig, None, database_url="postgresql+psycopg://h/db").database_url
+
+
+def test_a_postgres_url_is_taken_as_the_store_takes_it(tmp_path: Path) -> None:
+    """libpq's other scheme, postgres://, which the store turns into psycopg's dialect as
+    it does postgresql:// (docs/design/store.md), was refused at load: "database_url: a
+    postgres: URL; the store runs on sqlite:///PATH or postgresql://..."."""
+    path = tmp_path / "c.toml"
+    path.write_text('database_url = "postgres://ws@db/ws"\n')
+    url = load(ServiceConfig, path).db_url
+    assert engines.normalize_url(url) == "postgresql+psycopg://ws@db/ws"
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,14 @@ RELATIVE = [
         "context.cloud_config_schema",
         "s.json",
     ),
+    (ServiceConfig, 'autoscale_commands_dir = "autoscale"', "autoscale_commands_dir", "autoscale"),
+    # a command line: its program, the first word, is run from the service's directory
+    (
+        ServiceConfig,
+        "squeue_command = \"'slurm/bin/squeue' -M c\"",
+        "squeue_command",
+        "slurm/bin/squeue",
+    ),
     (AgentConfig, 'state_dir = "agent"', "state_dir", "agent"),
     (AgentConfig, 'cache_dir = "cache"', "cache_dir", "cache"),
     (AgentConfig, 'service = "svc1:7071,unix:n.sock"', "service", "n.sock"),
@@ -55,6 +63,8 @@ def test_a_relative_path_in_a_config_file_is_refused_naming_its_key(
             ServiceConfig,
             '[tls]\nidentity_dir = "~/ws/svc"\n[context]\ncloud_config_schema = "none"',
         ),
+        (ServiceConfig, 'squeue_command = "squeue -M c"\nautoscale_commands_dir = "/etc/as"'),
+        (ServiceConfig, 'squeue_command = "/usr/bin/squeue --local"'),
         (AgentConfig, 'state_dir = "/var/lib/ws"\nservice = "svc1:7071,svc2:7071"\ncache_dir = ""'),
     ],
 )
@@ -71,3 +81,17 @@ def test_a_path_given_on_the_command_line_is_the_callers(tmp_path: Path) -> None
     file.write_text('data_dir = "old"\n')
     assert load(ServiceConfig, file, data_dir="data").data_dir == "data"
     assert load(ServiceConfig, None, data_dir="data").data_dir == "data"
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [("'squeue -M c", 'squeue_command: "\'squeue -M c": No closing quotation'), ("  ", "must not")],
+)
+def test_a_squeue_command_that_is_no_command_line_is_refused(
+    tmp_path: Path, value: str, said: str
+) -> None:
+    """Else every slurm-queue signal fails (an unbalanced quote), or runs "-h" (blank)."""
+    file = tmp_path / "c.toml"
+    file.write_text(f'squeue_command = "{value}"\n')
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load(ServiceConfig, file)

@@ -103,3 +103,20 @@ def test_an_agent_peer_socket_under_a_file_is_one_line(
     assert "Traceback" not in err, err
     said = [line for line in err.splitlines() if "cannot start" in line]
     assert said and f"peer_listen: cannot bind unix:{sock}: Not a directory" in said[0], err
+
+
+def test_a_service_without_tls_makes_no_store_before_refusing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """conf/service.toml as it is (README: "start from conf/service.toml"): no [tls], not
+    insecure. The service made its data_dir and migrated a new store there, and only
+    then said "cannot start: listen …: no TLS configured"."""
+    from workspace.service import main as service_main
+
+    data = tmp_path / "service"
+    conf = tmp_path / "service.toml"
+    conf.write_text(f'data_dir = "{data}"\nlisten = "unix:{tmp_path}/s.sock"\n')
+    assert service_main.main(["--config", str(conf)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot start: listen unix:" in err and "no TLS configured" in err, err
+    assert not data.exists()

@@ -17,9 +17,12 @@ from sqlalchemy import select
 from agent import agent as agent_mod
 from agent.agent import AGENT_ID_FILE, agent_key
 from tests.unit.test_request_validation import Site, build_site
+from workspace.domain.model import NodeInfo
 from workspace.errors import FailedPrecondition, PermissionDenied
 from workspace.node.v1 import nodes_pb2
-from workspace.ops import nodes
+from workspace.ops import nodes, reports
+from workspace.ops.events import Notifier
+from workspace.ops.unit import Env
 from workspace.store.site_events import EventRow
 
 A = "host-a:/var/lib/workspace/agent (0a1b2c3d4e5f)"
@@ -180,3 +183,25 @@ def test_an_agent_refused_for_its_certificate_on_a_ready_node_is_seen(site: Site
     (event,) = refusals(site)
     assert (event.subject, event.state) == (B, "certificate")
     assert "registered with another certificate (serial 0xa1)" in conditions(site)["agent-refused"]
+
+
+def test_a_refusal_for_the_old_certificate_ends_when_the_new_one_registers_elsewhere(
+    site: Site,
+) -> None:
+    """A node's certificate re-issued (docs/security.md, "Rotation and revocation"): its
+    agent, with the new one, is refused while the old one is bound; once that is revoked
+    the agent registers, here through another replica (the one that refused it ended its
+    streams). The replica that refused it kept showing `agent-refused` ("registered with
+    another certificate") for node_grace_s after the node was bound to the new one."""
+    register(site, A, 0xA1)
+    with pytest.raises(PermissionDenied, match="another certificate"):
+        register(site, A, 0xB2)  # the same agent, its files replaced by the new ones
+    assert "agent-refused" in conditions(site)
+    other = Env.of(site.core.env.cfg, site.store, Notifier(), clock=site.clock)  # replica 2
+    info = NodeInfo("n1", "fake", 4, 8192, networks=("default",), agent_key=A)
+    reports.register(other, info, 0xB2, is_revoked=lambda serial: serial == 0xA1)
+    assert conditions(site) == {}
+    # The other refusal, another agent for the name, goes on as long as that agent tries.
+    with pytest.raises(FailedPrecondition):
+        register(site, B, 0xB2)
+    assert "agent-refused" in conditions(site)

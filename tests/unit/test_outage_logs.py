@@ -248,6 +248,34 @@ def test_the_replica_registry(
     reg.close()
 
 
+class Pictured(Answers):
+    """Answers, and the registry's picture is one replica, r1, that leads."""
+
+    def fetchall(self) -> list[tuple[object, ...]]:
+        return [("r1", "svc1", 7, "svc1:7070", "svc1:7071", 0.0, "", True, 4242, 0.0)]
+
+
+def test_the_replica_list_while_the_database_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ws-admin replica list` answered the registry's last picture while PostgreSQL was
+    away, a replica LEADER "yes" in it, though none leads then (each stops within 3 s;
+    `workspace_leader` 0 on every /metrics). It is UNAVAILABLE then, as `node list` is,
+    and answers again with the database."""
+    conn = Pictured()
+    monkeypatch.setattr(registry_mod, "connect", lambda _dsn, _name: conn)
+    reg = Registry("postgresql://ws@127.0.0.1:9/ws", "r1", "", "", lambda: True, lambda _g: 0)
+    reg.check()
+    assert [(v.replica_id, v.leader) for v in reg.live()] == [("r1", True)]
+    monkeypatch.setattr(registry_mod, "connect", away_then(conn, tries=1))
+    conn.closed = True  # the server went away
+    reg.check()
+    with pytest.raises(Unavailable, match="the service's database cannot be reached"):
+        reg.live()
+    conn.closed = False
+    reg.check()
+    assert [(v.replica_id, v.leader) for v in reg.live()] == [("r1", True)]
+    reg.close()
+
+
 def test_the_listener(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

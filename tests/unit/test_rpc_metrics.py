@@ -39,7 +39,7 @@ def test_counters_and_histograms_export_no_created_series() -> None:
         assert "_created" not in text, text
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool is not installed (Debian's prometheus; `make install-deps`)")
+        pytest.skip("promtool is not installed (Debian's prometheus; `make deps`)")
     r = subprocess.run(
         [promtool, "check", "metrics"],
         input=generate_latest(metrics.registry).decode(),

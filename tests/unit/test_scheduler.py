@@ -70,7 +70,13 @@ def test_networks_filter() -> None:
     assert place(nodes, Request(1, 512, networks=("default", "storage")), CFG).node == "b"
     p = place(nodes, Request(1, 512, networks=("dmz",)), CFG)
     assert p.node is None
-    assert "2 node(s) lack a requested network" in p.reason()
+    # Which one: the admin adds it to a node's [[networks]] (agent.toml).
+    assert "2 node(s) lack a requested network (dmz)" in p.reason()
+    p = place(nodes, Request(1, 512, networks=("default", "storage", "dmz")), CFG)
+    assert p.rejected == {
+        "lack a requested network (storage)": 1,
+        "lack a requested network (dmz)": 1,
+    }
 
 
 def test_hypervisor_requirement_matches_node_type() -> None:
@@ -208,7 +214,7 @@ def test_reason_counts_each_filter() -> None:
     assert p.node is None
     assert p.rejected == {
         "are DOWN": 2,
-        "lack a requested network": 1,
+        "lack a requested network (default)": 1,
         "have too few free CPUs": 1,
         "have too little free memory": 3,
     }
@@ -216,7 +222,7 @@ def test_reason_counts_each_filter() -> None:
     assert reason.startswith("no node can host it: ")
     for part in (
         "2 node(s) are DOWN",
-        "1 node(s) lack a requested network",
+        "1 node(s) lack a requested network (default)",
         "1 node(s) have too few free CPUs",
         "3 node(s) have too little free memory",
     ):

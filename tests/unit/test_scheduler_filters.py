@@ -103,7 +103,7 @@ def test_state_filter(state: str, why: str | None) -> None:
 def test_network_filter() -> None:
     req = Request(1, 512, networks=("default", "storage"))
     host, ctx = setup(node("a", networks=("default",)), req)
-    assert NetworkFilter().host_passes(host, req, ctx) == "lack a requested network"
+    assert NetworkFilter().host_passes(host, req, ctx) == "lack a requested network (storage)"
     host, ctx = setup(node("a", networks=("storage", "default")), req)
     assert NetworkFilter().host_passes(host, req, ctx) is None
 

@@ -166,3 +166,25 @@ def test_a_stopped_or_absent_sites_hint_names_its_dir(
     assert (
         capsys.readouterr().out == f"local site in {site}: stopped (`ws-admin site up` starts it)\n"
     )
+
+
+@pytest.mark.parametrize("given", ["flag", "env"])
+def test_site_status_of_another_sites_admin_points_at_that_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], given: str
+) -> None:
+    """An admin of a multi-node site (README: `export WS_SERVICE=svc1:7070,svc2:7070`)
+    asking `ws-admin site status` was told only "no local site … (`ws-admin site up`
+    makes one)": the way to see their own site is named beside it."""
+    monkeypatch.delenv("WS_SITE_DIR", raising=False)
+    monkeypatch.delenv("WS_SERVICE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    flag = ["--service", "svc1:7070,svc2:7070"] if given == "flag" else []
+    if given == "env":
+        monkeypatch.setenv("WS_SERVICE", "svc1:7070,svc2:7070")
+    assert admin.main([*flag, "site", "status"]) == 3
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("no local site in ")
+    assert out[1] == (
+        "the site at svc1:7070,svc2:7070 is no local site: `ws-admin replica list` shows "
+        "its service replicas, `ws-admin node list` its nodes"
+    )

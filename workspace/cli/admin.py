@@ -34,6 +34,7 @@ from workspace.cli import (
     usage_cmds,
 )
 from workspace.client import Client
+from workspace.client_address import SERVICE_ENV
 from workspace.site import local
 from workspace.v1 import common_pb2, images_pb2
 
@@ -355,6 +356,11 @@ class Commands(common.ClientCommands):
         elif st["state"] == "absent":
             up = f"ws-admin site up{_dir_flag(Path(st['dir']))}"
             print(f"no local site in {st['dir']} (`{up}` makes one)")
+            if other := (args.service or os.environ.get(SERVICE_ENV, "")).strip():
+                print(
+                    f"the site at {other} is no local site: `ws-admin replica list` shows "
+                    "its service replicas, `ws-admin node list` its nodes"
+                )
         else:
             svc = st["service"]
 

@@ -15,7 +15,7 @@ from workspace.domain.leases import iso_time
 from workspace.domain.model import WorkspaceView
 from workspace.domain.states import NOT_MOVED, Desired, NodeState, State
 from workspace.log import about_node
-from workspace.ops import preempt
+from workspace.ops import node_refusals, preempt
 from workspace.ops.cluster_state import refresh
 from workspace.ops.lifecycle import terminate_unconfirmed
 from workspace.ops.unit import Env, UnitOfWork, write
@@ -45,7 +45,7 @@ def check_liveness(env: Env, judging_since: float = 0.0) -> list[str]:
             select(Node).where(Node.state != NodeState.DOWN.value, Node.last_heartbeat < cutoff)
         ).scalars():
             silent = f"no heartbeat since {iso_time(node.last_heartbeat)}"
-            when, why = env.refused_nodes.get(node.name, (0.0, ""))
+            when, why = node_refusals.last(env, node.name, node.cert_serial)
             if when > cutoff:  # its agent calls, and is refused (ops/reports.py)
                 silent = why
             lost = _down(env, u, node, silent, f"node {node.name} stopped reporting")

@@ -11,7 +11,10 @@ seconds; the node, served by the other agent, looks fine. So each refusal is als
   looping agent does not flood the events;
 * while the refusals go on (the last one within the service's ``node_grace_s``), an
   ``agent-refused`` condition of the node in `ws-admin node list` and `node show`
-  (as the replica the agent called saw it: refusals are kept in memory).
+  (as the replica the agent called saw it: refusals are kept in memory). A refusal for
+  another certificate than the bound one is over once the node is bound to another
+  (its old one revoked, the agent registered with its new one): through whichever
+  replica, since the binding is in the store, so no replica goes on showing it.
 
 A DOWN node says it in its reason instead (ops/reports.py ``refused``).
 """
@@ -42,13 +45,15 @@ ANOTHER_AGENT = "another-agent"
 CERTIFICATE = "certificate"
 
 
-def refused(env: Env, node: str, agent_key: str, why: str, what: str, message: str) -> None:
+def refused(
+    env: Env, node: str, agent_key: str, why: str, what: str, message: str, bound: str = ""
+) -> None:
     """The agent ``agent_key`` ("": one that does not say its key) was refused ``node``'s
-    name for ``what`` (``ANOTHER_AGENT``, ``CERTIFICATE``): remembered for the node's
-    condition and DOWN reason (``why``: ``REFUSED`` and a few words), and recorded as a
-    site event (``message``: the refusal the agent got) unless one was for the same
-    agent within ``EVENT_EVERY_S``."""
-    env.refused_nodes[node] = (env.clock(), why)
+    name for ``what`` (``ANOTHER_AGENT``, ``CERTIFICATE``: then ``bound`` is the serial
+    the node is bound to): remembered for the node's condition and DOWN reason (``why``:
+    ``REFUSED`` and a few words), and recorded as a site event (``message``: the refusal
+    the agent got) unless one was for the same agent within ``EVENT_EVERY_S``."""
+    env.refused_nodes[node] = (env.clock(), why, bound)
     muted = env.warned.due((Kind.NODE_REFUSED.value, node, agent_key))
     if muted is None:
         return
@@ -67,10 +72,19 @@ def refused(env: Env, node: str, agent_key: str, why: str, what: str, message: s
     refusals.record(env.store, env.notifier, [event])
 
 
-def shown(env: Env, status: NodeStatus) -> NodeStatus:
+def last(env: Env, node: str, bound: str) -> tuple[float, str]:
+    """When and why this replica last refused an agent ``node``'s name ((0, "") if never,
+    or if it refused another certificate than the one ``node`` is bound to now, ``bound``:
+    that refusal is over, the agent registered with its new certificate)."""
+    when, why, about = env.refused_nodes.get(node, (0.0, "", ""))
+    return (0.0, "") if about and about != bound else (when, why)
+
+
+def shown(env: Env, status: NodeStatus, bound: str) -> NodeStatus:
     """``status`` with an ``agent-refused`` condition while an agent is refused its name
-    (the last refusal within ``node_grace_s``) and it is not DOWN (its reason says it)."""
-    when, why = env.refused_nodes.get(status.name, (0.0, ""))
+    (the last refusal within ``node_grace_s``) and it is not DOWN (its reason says it);
+    ``bound``: the serial of the certificate the node is bound to."""
+    when, why = last(env, status.name, bound)
     if not why or status.state is NodeState.DOWN:
         return status
     age = env.clock() - when

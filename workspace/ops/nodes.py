@@ -50,7 +50,7 @@ def _status(env: Env, s: Session, node: Node) -> NodeStatus:
 def _shown(env: Env, node: Node, workspaces: int) -> NodeStatus:
     """``node`` as the admin API shows it: with what the scheduler may place there."""
     cap = scheduler.capacity(node.cpus, node.memory_mib, env.cfg.scheduler)
-    return node_refusals.shown(env, node_status(node, workspaces, cap))
+    return node_refusals.shown(env, node_status(node, workspaces, cap), node.cert_serial)
 
 
 def list_nodes(env: Env) -> list[NodeStatus]:

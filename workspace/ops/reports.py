@@ -114,11 +114,14 @@ def refused(env: Env, name: str, exc: PermissionDenied, agent_key: str = "") -> 
     it instead of "no heartbeat since …" (ops/liveness.py)."""
     said = exc.message.removeprefix(f"node {name} is ").split(";")[0]
     why = (node_refusals.REFUSED + said)[:NODE_REASON_MAX]
-    node_refusals.refused(env, name, agent_key, why, node_refusals.CERTIFICATE, exc.message)
     with env.store.read() as s:
         node = s.get(Node, name)
-        if node is None or not _shows_refusal(node, why):
-            return
+        bound = node.cert_serial if node is not None else ""
+        shows = node is not None and _shows_refusal(node, why)
+    what = node_refusals.CERTIFICATE
+    node_refusals.refused(env, name, agent_key, why, what, exc.message, bound)
+    if not shows:
+        return
     with write(env) as u:
         node = u.s.get(Node, name)
         if node is not None and _shows_refusal(node, why):

@@ -63,9 +63,11 @@ class Env:
     # Warnings that would repeat at every call, one line per key and five minutes
     # (warn mode's untrusted launches, ops/trust.py).
     warned: Throttle = field(default_factory=lambda: Throttle(300.0), compare=False)
-    # Node name -> (when, why) this replica last refused its agent's certificate
-    # (ops/reports.py ``refused``): a node that goes DOWN says that, not "no heartbeat".
-    refused_nodes: dict[str, tuple[float, str]] = field(default_factory=dict, compare=False)
+    # Node name -> (when, why, bound) this replica last refused an agent its name
+    # (ops/node_refusals.py), ``bound`` the certificate serial the node was bound to when
+    # the refusal was for another certificate: a node that goes DOWN says that, not "no
+    # heartbeat".
+    refused_nodes: dict[str, tuple[float, str, str]] = field(default_factory=dict, compare=False)
     # Signs the peer grants sent with each node's orders (workspace/grants.py; None
     # without TLS: peers check nothing then).
     grant_signer: GrantSigner | None = field(default=None, compare=False)

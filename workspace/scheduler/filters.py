@@ -82,6 +82,14 @@ class StateFilter(Filter):
         return Counter(f"are {h.view.state}" for h in hosts if h.view.state != READY)
 
 
+def _lacks(host: HostState, req: Request) -> str:
+    """Why ``host`` lacks ``req``'s networks, naming the first it is not attached to ("":
+    it has them all): the admin adds that one to a node's [[networks]]."""
+    have = host.view.networks
+    missing = next((n for n in req.networks if n not in have), None)
+    return "" if missing is None else f"lack a requested network ({missing})"
+
+
 class NetworkFilter(Filter):
     """The node must be attached to every network the request has a NIC on."""
 
@@ -92,10 +100,7 @@ class NetworkFilter(Filter):
         return bool(req.networks)
 
     def host_passes(self, host: HostState, req: Request, ctx: Context) -> str | None:
-        have = host.view.networks
-        if all(n in have for n in req.networks):
-            return None
-        return "lack a requested network"
+        return _lacks(host, req) or None
 
     def filter_all(self, hosts: Sequence[HostState], req: Request, ctx: Context) -> list[HostState]:
         kept = list(hosts)
@@ -106,7 +111,8 @@ class NetworkFilter(Filter):
     def rejections(
         self, hosts: Sequence[HostState], kept: Sequence[HostState], req: Request, ctx: Context
     ) -> Counter[str]:
-        return Counter({"lack a requested network": len(hosts) - len(kept)})
+        passed = {id(h) for h in kept}
+        return Counter(_lacks(h, req) for h in hosts if id(h) not in passed)
 
 
 class RequirementsFilter(Filter):

@@ -578,6 +578,11 @@ def main(argv: list[str] | None = None) -> int:
         return _backup_command(cfg, args.command, Path(args.dir))
     setup_logging(cfg.log_level, "workspace-service", cfg.log_format)
     try:
+        # What it cannot serve with (no TLS and not insecure, a TLS file missing) is said
+        # before the store is made or migrated, as the agent does: nothing is written
+        # for a config that cannot run (start() checks again, and warns if insecure).
+        rpc.check_listen(cfg.listen, cfg.tls, cfg.insecure)
+        rpc.check_listen(cfg.node_address, cfg.tls, cfg.insecure)
         dbwait.wait_for_database(cfg.db_url)
         svc = Service(cfg)
     except KeyboardInterrupt:  # Ctrl-C while it waits for the database (up to 5 minutes)

@@ -31,7 +31,7 @@ from typing import Any
 from workspace.domain.replicas import ReplicaView
 from workspace.log import Outage
 from workspace.service.replicas import CHECK_S, FENCE_S, LEADER_LOCK, connect
-from workspace.store.engines import LOCK_CLASS, reason
+from workspace.store.engines import LOCK_CLASS, away, reason
 
 __all__ = ["GONE_S", "REPLICA_CLASS", "Registry", "ReplicaView"]
 
@@ -143,7 +143,11 @@ class Registry:
                 conn.close()  # the session ends: the lock is free (stopping is going)
 
     def live(self) -> list[ReplicaView]:
-        """The replicas alive at the last check (this one first)."""
+        """The replicas alive at the last check (this one first); Unavailable while the
+        database cannot be read: the last picture is not what is alive now (a leader
+        stops leading within seconds of losing its connection, none leads meanwhile)."""
+        if self._outage.failing:
+            raise away(writes=False)
         with self._lock:
             return list(self._live)
 

@@ -184,7 +184,28 @@ def upgrade_in_child(engine: Engine) -> None:
         log.info("migration: %s", line)
     if done.returncode != 0:
         last = done.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"store migration failed: {last[0]}")
+        raise RuntimeError(f"store migration failed: {last[0].removeprefix(FAILED)}")
+
+
+# How the child's last line begins when the migration failed (then: ``failure``).
+FAILED = "migration failed: "
+# PostgreSQL's words when the role may not create tables in the database: since
+# PostgreSQL 15 only the database's owner may, in schema public, unless granted.
+_NO_CREATE = "permission denied for schema public"
+
+
+def failure(exc: BaseException) -> str:
+    """Why a migration failed, in one line: the server's or driver's words (not
+    SQLAlchemy's last line, a link to its docs), and what to do when the role may not
+    create the store's tables."""
+    said = engines.reason(exc)
+    if _NO_CREATE in said:
+        said += (
+            " (the store's role must be allowed to create tables there: make the database"
+            " with it as the owner, `createdb -O ROLE DB`, or `GRANT CREATE ON SCHEMA public"
+            " TO ROLE` in it; PostgreSQL 15 grants that to the owner only)"
+        )
+    return said
 
 
 def _version(conn: Connection) -> str | None:

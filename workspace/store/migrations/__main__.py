@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 from alembic import command
@@ -89,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         engine = create_engine(url, **engines.engine_options(url))
         try:
             migrations.upgrade(engine)
+        except Exception as exc:
+            traceback.print_exc()  # the service logs each line (at INFO)
+            # Its last line: what the service's "cannot start" says.
+            print(f"{migrations.FAILED}{migrations.failure(exc)}", file=sys.stderr)
+            return 1
         finally:
             engine.dispose()
     elif args.cmd == "current":
