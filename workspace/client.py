@@ -68,6 +68,7 @@ from workspace.client_policy import PolicyClientMixin, limits_message
 from workspace.client_projects import ProjectsClientMixin
 from workspace.client_waits import CLUSTER_POLL_S as CLUSTER_POLL_S  # re-exported
 from workspace.client_waits import CS as CS  # re-exported
+from workspace.client_waits import DS as DS  # re-exported
 from workspace.client_waits import FINAL_STATES as FINAL_STATES  # re-exported
 from workspace.client_waits import RESYNC_S as RESYNC_S  # re-exported
 from workspace.client_waits import WS as WS  # re-exported

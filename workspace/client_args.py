@@ -32,6 +32,7 @@ import google.protobuf
 import grpc
 
 from workspace import errors
+from workspace.tls_reload import ChannelClosed
 
 C = TypeVar("C", bound=type)
 
@@ -146,7 +147,9 @@ def _translated(name: str, owner: Any, exc: ValueError | TypeError) -> errors.Wo
     origin = _origin(exc.__traceback__)
     if origin == "client":
         return _bad(name, exc)
-    if origin == "grpc" and isinstance(exc, ValueError) and getattr(owner, "closed", False):
+    # gRPC's channel, or the TLS channel that stands in for it (a site with identities)
+    closed_channel = origin == "grpc" or isinstance(exc, ChannelClosed)
+    if closed_channel and isinstance(exc, ValueError) and getattr(owner, "closed", False):
         return errors.ClientClosed(
             f"{name}: the client is closed ({exc}): a call needs a Client that is open"
         )

@@ -33,6 +33,8 @@ RESYNC_S = 30.0
 POLL_S = 1.0
 
 WS = common_pb2.WorkspaceState
+# wait_for_state's ``desired=``: DS.DESIRED_STATE_PAUSED after a pause, ...
+DS = common_pb2.DesiredState
 # States a workspace does not leave by itself: waiting for anything else is hopeless.
 FINAL_STATES = frozenset({WS.WORKSPACE_STATE_FAILED, WS.WORKSPACE_STATE_TERMINATED})
 # States that end a wait unless asked for (LOST may recover, but a waiter should know).
@@ -374,13 +376,20 @@ class WaitsClientMixin:
         ``timeout_s`` (``wait_until``, as ``waited_s``). A workspace that vanishes while
         TERMINATED is waited for counts as terminated.
 
-        ``desired``: the desired state the operation waited for asked (DESIRED_STATE_PAUSED
+        ``desired``: the desired state the operation waited for asked (DS.DESIRED_STATE_PAUSED
         after ``pause_workspace``). A workspace asked for another one meanwhile will not
         get there by itself (a resume withdrew the pause, a stop, a destroy): WaitFailed
         at once, saying what it is to be now, rather than WaitTimeout at the end.
         """
         wanted = _wanted(states, WS, "WS.WORKSPACE_STATE_RUNNING")
         goal = _names(wanted)
+        if desired and (not _integral(desired) or int(desired) not in DS.values()):
+            # WS.WORKSPACE_STATE_PAUSED (6) failed the wait at its first look, saying
+            # only "Enum DesiredState has no name defined for value 6".
+            raise ValueError(
+                "desired must be a DesiredState number such as DS.DESIRED_STATE_PAUSED "
+                f"(`from workspace.client import DS`), not a WorkspaceState; not {desired!r}"
+            )
 
         def done(ws: common_pb2.Workspace) -> bool:
             # Asked for another state first: a resume that withdrew the pause shows

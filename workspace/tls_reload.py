@@ -228,6 +228,11 @@ def server_credentials(watch: TlsWatch) -> grpc.ServerCredentials:
 # -- channels ----------------------------------------------------------------------------------
 
 
+class ChannelClosed(ValueError):
+    """A call on a ReloadingChannel that was closed: the ValueError gRPC's own channel
+    raises then, told apart so that the client names it (``errors.ClientClosed``)."""
+
+
 class ReloadingChannel(grpc.Channel):
     """A TLS channel that, when the files changed, sends the calls that follow through a
     new gRPC channel made with the new client certificate (``make``). Calls and streams
@@ -247,7 +252,7 @@ class ReloadingChannel(grpc.Channel):
         m = self.watch.poll()
         with self._lock:
             if self._closed:
-                raise ValueError("Cannot invoke RPC: the channel is closed")
+                raise ChannelClosed("Cannot invoke RPC: the channel is closed")
             if m is not None:
                 self._retired.append(self._inner)
                 self._inner = self._make(m)
@@ -258,7 +263,7 @@ class ReloadingChannel(grpc.Channel):
         self.current()
         with self._lock:  # never made on a closed channel (that crashes the process)
             if self._closed:
-                raise ValueError("Cannot invoke RPC: the channel is closed")
+                raise ChannelClosed("Cannot invoke RPC: the channel is closed")
             return self._inner, getattr(self._inner, kind)(method, *args, **kw)
 
     # -- grpc.Channel ----------------------------------------------------------------------

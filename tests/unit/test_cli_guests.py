@@ -556,6 +556,33 @@ def test_a_failed_login_says_when_none_of_the_callers_keys_is_in_the_guest(
     assert rc == 3 and "ws:" not in err
 
 
+def test_a_script_whose_ssh_finds_no_sshd_in_a_booting_guest_is_told_why(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A script (no terminal) ran `ws ssh box` right after `ws create --wait`: ssh said
+    only "No route to host"; ws now says that the guest may still be booting and how to
+    wait. Not for a guest that has run for long, nor when --retry was given."""
+    fake_ssh(
+        monkeypatch,
+        tmp_path,
+        "echo 'ssh: connect to host 10.213.0.5 port 22: No route to host' >&2\nexit 255\n",
+    )
+    key = tmp_path / "id_test"
+    key.write_text("a key\n")
+    c = FakeClient([box(host_keys=HOST_KEYS, ssh_keys=["SHA256:mine"])])
+    c.keys = [access_pb2.SshKey(fingerprint="SHA256:mine")]
+    c.workspaces["box"].updated_at.FromSeconds(int(time.time()) - 20)
+    rc, _, err = run(c, capfd, "ssh", "-i", str(key), "box", "--", "true")  # type: ignore[arg-type]
+    assert rc == 255
+    assert "ws: box's guest may still be booting (it started 2" in err
+    assert "`ws ssh --retry 60 box` makes 60 attempts" in err
+    rc, _, err = run(c, capfd, "ssh", "--retry", "2", "-i", str(key), "box", "--", "true")  # type: ignore[arg-type]
+    assert rc == 255 and "ws:" not in err
+    c.workspaces["box"].updated_at.FromSeconds(int(time.time()) - 3600)
+    rc, _, err = run(c, capfd, "ssh", "-i", str(key), "box", "--", "true")  # type: ignore[arg-type]
+    assert rc == 255 and "ws:" not in err
+
+
 def test_ctrl_c_ends_ssh_and_ws_with_it(
     capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

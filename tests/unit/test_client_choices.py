@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from workspace import errors, rpc
-from workspace.client import Client
+from workspace.client import DS, Client
 from workspace.v1 import (
     common_pb2,
     projects_pb2,
@@ -125,6 +125,23 @@ def test_a_wait_for_states_it_cannot_meet_is_refused_before_it_begins(
         client.wait_for_state("w", [], 600)
     with pytest.raises(errors.BadArgument, match=r"not 'RUNNING'"):
         client.wait_for_state("w", ["RUNNING"], 600)  # type: ignore[list-item]
+
+
+def test_a_wait_given_a_workspace_state_as_its_desired_one_is_refused_before_it_begins(
+    projects: tuple[Client, Projects],
+) -> None:
+    """``wait_for_state(id, [PAUSED], desired=WS.WORKSPACE_STATE_PAUSED)`` (the README's
+    DESIRED_STATE_PAUSED, taken from WS: it is not there) failed at its first look at the
+    workspace with "Enum DesiredState has no name defined for value 6". It is refused
+    before anything is read, naming where the right numbers are."""
+    client, _ = projects
+    paused = [common_pb2.WORKSPACE_STATE_PAUSED]
+    with pytest.raises(errors.BadArgument, match=r"DS.DESIRED_STATE_PAUSED .*; not 6"):
+        client.wait_for_state("w", paused, 60, desired=common_pb2.WORKSPACE_STATE_PAUSED)
+    # Past the check, the wait reads the workspace: this service has none.
+    with pytest.raises(errors.WorkspaceError) as info:
+        client.wait_for_state("w", paused, 60, desired=DS.DESIRED_STATE_PAUSED)
+    assert not isinstance(info.value, errors.BadArgument)
 
 
 class _NumpyLikeInt:

@@ -105,7 +105,12 @@ def test_grow_and_add() -> None:
     [
         ([], {"nope": MiB}, r"grow 'nope': image img:1 has no such partition \(it has: data, old"),
         ([], {"data": 16 * MiB}, "the partition is readonly; only cow partitions can grow"),
-        ([], {"root": 32 * MiB}, "smaller than the image's 67108864 bytes; partitions can grow"),
+        (
+            [],
+            {"root": 32 * MiB},
+            r"33554432 bytes \(32\.0 MiB\) is smaller than the image's 67108864 bytes "
+            r"\(64\.0 MiB\); partitions can grow",
+        ),
         (
             [],
             {"root": 2048 * MiB},

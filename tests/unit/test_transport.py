@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from agent import main as agent_main
 from agent.peers import PeerGate
-from workspace import client, config, pki, rpc, rpc_status, tls_probe
+from workspace import client, config, errors, pki, rpc, rpc_status, tls_probe
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
 from workspace.errors import ConfigError, PermissionDenied
 from workspace.identity import Identity, Kind
@@ -513,3 +513,20 @@ def test_a_refused_certificate_is_said_when_the_first_replica_is_down(
         srv.stop(0)
     assert "any of the 2 addresses" in refused.value.message
     assert "the service closed the connection in the TLS handshake" in refused.value.message
+
+
+def test_a_call_on_a_closed_tls_client_is_client_closed(ca: pki.CA, tmp_path: Path) -> None:
+    """A Client with an identity (every real site, the local one too) goes through the
+    reloading TLS channel, whose refusal after close was a bare ValueError, not the
+    ClientClosed (a WorkspaceError) the README promises; the insecure channel's was."""
+    alice = issue(ca, tmp_path, Identity(Kind.USER, "alice"))
+    c = client.Client(f"unix:{tmp_path / 'none.sock'}", identity=str(alice))
+    c.close()
+    calls = {
+        "get_workspace": lambda: c.get_workspace("x"),
+        "list_workspaces": lambda: c.list_workspaces(),
+        "watch": lambda: next(c.watch()),
+    }
+    for name, call in calls.items():
+        with pytest.raises(errors.ClientClosed, match=rf"^{name}: the client is closed"):
+            call()

@@ -181,6 +181,31 @@ def test_a_lease_cannot_be_shortened(
     )
 
 
+@pytest.mark.parametrize(
+    ("main", "argv"),
+    [
+        (ws.main, ["create", "--image", "i", "--lease", "8"]),
+        (ws.main, ["cluster", "create", "c", "--member", "w=i", "--lease", "8"]),
+        (ws.main, ["lease", "extend", "box", "8"]),
+        (admin.main, ["project", "create", "p", "--default-lease", "8"]),
+        (admin.main, ["project", "set", "p", "--max-lease", "8"]),
+    ],
+)
+def test_a_lease_of_a_bare_number_is_refused(
+    main: object, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--lease 8` was read as 8 seconds: a workspace meant to run 8 hours was stopped
+    (or destroyed, with its disks) seconds after it booted. Nothing is sent."""
+
+    def no_service(_s: object) -> None:
+        raise AssertionError("nothing may be sent")
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv, connect=no_service)  # type: ignore[operator]
+    assert exc.value.code == common.EXIT_USAGE
+    assert "'8' has no unit: 8h, 8m or 8s?" in capsys.readouterr().err
+
+
 def test_a_negative_lease_is_named_wherever_it_is_given(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -248,6 +248,18 @@ def duration_s(text: str) -> int:
     return value
 
 
+def lease_duration_s(text: str) -> int:
+    """A lease's length (``--lease``, ``ws lease extend``, a project's lease): as
+    duration_s, but a number needs its unit. A lease stops (or destroys) the workspace
+    when it ends, and ``--lease 8`` meant as 8 hours would end it after 8 seconds."""
+    t = text.strip()
+    if t.isdigit() and int(t) > 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no unit: {t}h, {t}m or {t}s? ({DURATION_FORMAT})"
+        )
+    return duration_s(text)
+
+
 # What point_in_time takes, for --since/--until help.
 TIME_FORMAT = (
     "an ISO 8601 date or time (2026-11-01 or 20261101, 2026-11-30T08:00:00Z; UTC unless "

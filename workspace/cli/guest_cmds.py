@@ -400,8 +400,22 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: OptionParser) -> int
     finally:
         relay.close()
     if rc == SSH_FAILED:
+        _hint_still_booting(args, ws)
         _hint_about_keys(client, ws, bool(args.key))
     return rc
+
+
+def _hint_still_booting(args: argparse.Namespace, ws: common_pb2.Workspace) -> None:
+    """After a failed connection that ws did not wait for (a script, no ``--retry``): if
+    ``ws`` started within its boot window, that its guest may still be booting and how
+    to wait (ssh alone says "No route to host" or "Connection refused")."""
+    if args.retry or args.print or default_boot_wait(ws) > 0 or boot_wait_for(ws) <= 0:
+        return
+    print(
+        f"ws: {ws.name}'s guest may still be booting{started_note(ws)}; without a "
+        f"terminal ws ssh tries once: `ws ssh --retry 60 {ws.name}` makes 60 attempts",
+        file=sys.stderr,
+    )
 
 
 def write_known_hosts(ws: common_pb2.Workspace) -> Path:

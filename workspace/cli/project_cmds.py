@@ -54,7 +54,7 @@ def lease_arg(text: str) -> int:
     """A lease duration of ``project set`` (common.duration_s), or 0 / none: no lease."""
     if text.strip().lower() in ("0", "none"):
         return 0
-    return common.duration_s(text)
+    return common.lease_duration_s(text)
 
 
 def _quota(q: Any) -> str:
@@ -331,9 +331,11 @@ def register_admin(
         help="limits (0 or left out: no limit; repeatable)",
     )
     q.add_argument(
-        "--default-lease", type=common.duration_s, metavar="8h", help="a new workspace's"
+        "--default-lease", type=common.lease_duration_s, metavar="8h", help="a new workspace's"
     )
-    q.add_argument("--max-lease", type=common.duration_s, metavar="72h", help="the longest allowed")
+    q.add_argument(
+        "--max-lease", type=common.lease_duration_s, metavar="72h", help="the longest allowed"
+    )
     q.add_argument(
         "--on-expiry",
         choices=sorted(LEASE_ACTIONS),

@@ -19,7 +19,7 @@ GROUPINGS = ("workspace", "user", "project")
 def add_lease_option(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--lease",
-        type=common.duration_s,
+        type=common.lease_duration_s,
         metavar="DURATION",
         help=f"stop (or destroy, per the project) {what} after DURATION, "
         f"{common.DURATION_FORMAT}; default: the project's lease",
@@ -93,7 +93,7 @@ def register_ws(sub: Any, parent: argparse.ArgumentParser, client_for: common.Cl
         negative="a lease cannot be shortened: DURATION must be more than 0",
     )
     q.add_argument("id", help="workspace (or cluster) id or name")
-    q.add_argument("duration", type=common.duration_s, help=common.DURATION_FORMAT)
+    q.add_argument("duration", type=common.lease_duration_s, help=common.DURATION_FORMAT)
     q.set_defaults(func=extend)
 
     p = sub.add_parser(

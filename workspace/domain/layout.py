@@ -59,13 +59,20 @@ def _grow(
         )
     if new_size < base:
         raise InvalidArgument(
-            f"{what}: {new_size} bytes is smaller than the image's {base} bytes; "
+            f"{what}: {_sized(new_size)} is smaller than the image's {_sized(base)}; "
             "partitions can grow, not shrink"
         )
     check_grow_limit(what, new_size, lim)
     if new_size % 512:
         raise InvalidArgument(f"{what}: {new_size} bytes is not a multiple of 512")
     return p.grown(new_size)
+
+
+def _sized(n: int) -> str:
+    """``134217728 bytes (128.0 MiB)``: the bytes, and in MiB or GiB for a person (``ws
+    create --grow root:1MiB`` was told only "1048576 bytes ... 134217728 bytes")."""
+    unit, factor = ("GiB", 2**30) if n >= 2**30 else ("MiB", 2**20)
+    return f"{n} bytes ({n / factor:.1f} {unit})"
 
 
 def check_grow_limit(what: str, size: int, lim: LimitsConfig) -> None:
