@@ -219,9 +219,11 @@ def check_log_level(level: str) -> None:
         raise ConfigError(f"log_level: {level!r} is not one of {', '.join(LOG_LEVELS)}")
 
 
-# The SQLAlchemy dialects the store runs on (docs/design/store.md); postgres:// is libpq's
-# other name for postgresql://, which the store takes as well (store/engines.py).
-DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres")
+# The SQLAlchemy dialects the store runs on (docs/design/store.md).
+DATABASE_SCHEMES = ("sqlite", "postgresql")
+# libpq's other name for postgresql://, which the store takes as well (store/engines.py
+# normalize_url); only so, without a driver: SQLAlchemy has no dialect "postgres".
+LIBPQ_SCHEME = "postgres"
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -458,10 +460,11 @@ class ServiceConfig:
         check_log_level(self.log_level)
         parse_retention(self.event_retention)
         parse_terminated_retention(self.terminated_retention)
-        scheme = self.database_url.partition(":")[0].partition("+")[0]
+        head = self.database_url.partition(":")[0]
+        scheme = "postgresql" if head == LIBPQ_SCHEME else head.partition("+")[0]
         if self.database_url and scheme not in DATABASE_SCHEMES:
             raise ConfigError(
-                f"database_url: a {scheme or '?'}: URL; the store runs on "
+                f"database_url: a {head or '?'}: URL; the store runs on "
                 "sqlite:///PATH or postgresql://..."
             )
         if self.node_address == self.listen and not self.listen.endswith(":0"):

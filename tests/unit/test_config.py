@@ -313,6 +313,9 @@ def test_max_name_len_beyond_a_hostname_is_refused(tmp_path: Path) -> None:
         (ServiceConfig, {"log_level": "LOUD"}, "log_level: 'LOUD' is not one of DEBUG"),
         (AgentConfig, {"log_level": "chatty"}, "log_level: 'chatty' is not one of"),
         (ServiceConfig, {"database_url": "mysql://x"}, "database_url: a mysql: URL"),
+        # postgres:// is taken as postgresql://, but SQLAlchemy has no dialect "postgres":
+        # with a driver it failed at start ("Can't load plugin: sqlalchemy.dialects:...")
+        (ServiceConfig, {"database_url": "postgres+psycopg://h/db"}, "a postgres+psycopg: URL"),
         (ServiceConfig, {"scheduler": {"policy": "random"}}, "scheduler.policy: 'random'"),
         (ServiceConfig, {"scheduler": {"cpu_overcommit": 0}}, "scheduler.cpu_overcommit"),
         (ServiceConfig, {"scheduler": {"reserved_cpus": -1}}, "scheduler.reserved_cpus"),

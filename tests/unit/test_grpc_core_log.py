@@ -54,19 +54,31 @@ def not_tls() -> tuple[str, socket.socket]:
     return f"127.0.0.1:{server.getsockname()[1]}", server
 
 
-@pytest.mark.parametrize("package", ["workspace", "agent"])
-def test_a_failed_handshake_leaves_no_grpc_core_line(package: str) -> None:
+def grpc_core_lines(package: str, **env: str) -> list[str]:
+    """grpc-core's lines on stderr of a program that imports ``package`` first and fails a
+    TLS handshake, with ``env`` in its environment."""
     address, server = not_tls()
     try:
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
         done = subprocess.run(
             [sys.executable, "-c", DIAL.format(package=package), address],
             capture_output=True,
             text=True,
-            env=env,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env},
             timeout=60,
             check=True,
         )
     finally:
         server.close()
-    assert not [line for line in done.stderr.splitlines() if GLOG.match(line)], done.stderr
+    return [line for line in done.stderr.splitlines() if GLOG.match(line)]
+
+
+@pytest.mark.parametrize("package", ["workspace", "agent"])
+def test_a_failed_handshake_leaves_no_grpc_core_line(package: str) -> None:
+    assert not grpc_core_lines(package)
+
+
+def test_grpc_core_tracing_asked_for_is_shown() -> None:
+    """GRPC_TRACE (grpc's debugging switch) alone turns on traces it writes at INFO: an
+    ERROR level set under it showed none of them, and nothing said why."""
+    assert grpc_core_lines("workspace", GRPC_TRACE="handshaker")
+    assert grpc_core_lines("workspace", GRPC_VERBOSITY="INFO")
