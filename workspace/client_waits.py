@@ -386,9 +386,12 @@ class WaitsClientMixin:
         if desired and (not _integral(desired) or int(desired) not in DS.values()):
             # WS.WORKSPACE_STATE_PAUSED (6) failed the wait at its first look, saying
             # only "Enum DesiredState has no name defined for value 6".
+            said = repr(desired)
+            if _integral(desired) and int(desired) in WS.values():
+                said += f" (WS.{WS.Name(WS.ValueType(int(desired)))}, a WorkspaceState)"
             raise ValueError(
                 "desired must be a DesiredState number such as DS.DESIRED_STATE_PAUSED "
-                f"(`from workspace.client import DS`), not a WorkspaceState; not {desired!r}"
+                f"(`from workspace.client import DS`); not {said}"
             )
 
         def done(ws: common_pb2.Workspace) -> bool:

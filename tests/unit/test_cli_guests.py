@@ -26,7 +26,7 @@ from agent.virt.base import ConsoleSession, DomainSpec
 from agent.virt.fake import FakeDriver
 from agent.virt.libvirt_guest import agent_error
 from workspace import errors
-from workspace.cli import guest_cmds, ws
+from workspace.cli import guest_cmds, sshwait, ws
 from workspace.codec import guests as codec_guests
 from workspace.config import AgentConfig, FakeDriverConfig
 from workspace.domain.model import ExecOutcome
@@ -561,12 +561,15 @@ def test_a_script_whose_ssh_finds_no_sshd_in_a_booting_guest_is_told_why(
 ) -> None:
     """A script (no terminal) ran `ws ssh box` right after `ws create --wait`: ssh said
     only "No route to host"; ws now says that the guest may still be booting and how to
-    wait. Not for a guest that has run for long, nor when --retry was given."""
+    wait. Not for a guest that has run for long, nor when --retry was given, nor when
+    its sshd answers a knock: ssh's 255 is then a refused login, a changed host key or
+    the remote command's own exit 255, which no waiting mends."""
     fake_ssh(
         monkeypatch,
         tmp_path,
         "echo 'ssh: connect to host 10.213.0.5 port 22: No route to host' >&2\nexit 255\n",
     )
+    monkeypatch.setattr(sshwait, "knock", lambda _address, _prefix=(): "No route to host")
     key = tmp_path / "id_test"
     key.write_text("a key\n")
     c = FakeClient([box(host_keys=HOST_KEYS, ssh_keys=["SHA256:mine"])])
@@ -577,6 +580,9 @@ def test_a_script_whose_ssh_finds_no_sshd_in_a_booting_guest_is_told_why(
     assert "ws: box's guest may still be booting (it started 2" in err
     assert "`ws ssh --retry 60 box` makes 60 attempts" in err
     rc, _, err = run(c, capfd, "ssh", "--retry", "2", "-i", str(key), "box", "--", "true")  # type: ignore[arg-type]
+    assert rc == 255 and "ws:" not in err
+    monkeypatch.setattr(sshwait, "knock", lambda _address, _prefix=(): "")  # sshd answers
+    rc, _, err = run(c, capfd, "ssh", "-i", str(key), "box", "--", "exit 255")  # type: ignore[arg-type]
     assert rc == 255 and "ws:" not in err
     c.workspaces["box"].updated_at.FromSeconds(int(time.time()) - 3600)
     rc, _, err = run(c, capfd, "ssh", "-i", str(key), "box", "--", "true")  # type: ignore[arg-type]

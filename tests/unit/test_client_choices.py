@@ -136,8 +136,16 @@ def test_a_wait_given_a_workspace_state_as_its_desired_one_is_refused_before_it_
     before anything is read, naming where the right numbers are."""
     client, _ = projects
     paused = [common_pb2.WORKSPACE_STATE_PAUSED]
-    with pytest.raises(errors.BadArgument, match=r"DS.DESIRED_STATE_PAUSED .*; not 6"):
+    with pytest.raises(
+        errors.BadArgument,
+        match=r"DS.DESIRED_STATE_PAUSED .*; not 6 \(WS.WORKSPACE_STATE_PAUSED, a WorkspaceState\)$",
+    ):
         client.wait_for_state("w", paused, 60, desired=common_pb2.WORKSPACE_STATE_PAUSED)
+    # A name is no state either; nor is it called a WorkspaceState.
+    with pytest.raises(
+        errors.BadArgument, match=r"from workspace.client import DS`\); not 'PAUSED'$"
+    ):
+        client.wait_for_state("w", paused, 60, desired="PAUSED")  # type: ignore[arg-type]
     # Past the check, the wait reads the workspace: this service has none.
     with pytest.raises(errors.WorkspaceError) as info:
         client.wait_for_state("w", paused, 60, desired=DS.DESIRED_STATE_PAUSED)

@@ -400,16 +400,23 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: OptionParser) -> int
     finally:
         relay.close()
     if rc == SSH_FAILED:
-        _hint_still_booting(args, ws)
+        _hint_still_booting(args, ws, netns)
         _hint_about_keys(client, ws, bool(args.key))
     return rc
 
 
-def _hint_still_booting(args: argparse.Namespace, ws: common_pb2.Workspace) -> None:
+def _hint_still_booting(args: argparse.Namespace, ws: common_pb2.Workspace, netns: str) -> None:
     """After a failed connection that ws did not wait for (a script, no ``--retry``): if
-    ``ws`` started within its boot window, that its guest may still be booting and how
-    to wait (ssh alone says "No route to host" or "Connection refused")."""
+    ``ws`` started within its boot window and its sshd does not answer a knock, that its
+    guest may still be booting and how to wait (ssh alone says "No route to host" or
+    "Connection refused"). Not when sshd answers: ssh's 255 was then a login refused, a
+    changed host key or the remote command's own exit code, which no wait mends. A guest
+    reached through a proxy of the user's ssh configuration cannot be knocked on from
+    here: the hint is given."""
     if args.retry or args.print or default_boot_wait(ws) > 0 or boot_wait_for(ws) <= 0:
+        return
+    address, prefix = ws_address(ws), in_netns(netns, [])
+    if not sshwait.proxy_of(address, prefix) and not sshwait.knock(address, prefix):
         return
     print(
         f"ws: {ws.name}'s guest may still be booting{started_note(ws)}; without a "

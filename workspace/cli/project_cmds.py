@@ -51,7 +51,8 @@ def quota_arg(text: str) -> dict[str, int]:
 
 
 def lease_arg(text: str) -> int:
-    """A lease duration of ``project set`` (common.duration_s), or 0 / none: no lease."""
+    """A lease duration of ``project set`` (common.lease_duration_s: 8h, not 8), or 0 / none:
+    no lease."""
     if text.strip().lower() in ("0", "none"):
         return 0
     return common.lease_duration_s(text)
