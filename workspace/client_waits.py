@@ -265,7 +265,7 @@ class WaitsClientMixin:
                 return gone
             if not last:
                 raise unseen
-            raise errors.NotFound(f"workspace {id} no longer exists")
+            raise errors.NotFound(f"workspace {_named(last[-1], id)} no longer exists")
 
         def timed_out() -> WaitTimeout:
             ws = last[-1] if last else None
@@ -274,7 +274,7 @@ class WaitsClientMixin:
                 now = f"; it was {describe(ws)} when last seen"
             return WaitTimeout(
                 f"timed out after {_seconds(timeout_s if waited_s is None else waited_s)} s "
-                f"waiting for workspace {id} "
+                f"waiting for workspace {_named(ws, id)} "
                 f"to be {goal}{now}{outage.note()}",
                 ws,
             )
@@ -500,7 +500,9 @@ class WaitsClientMixin:
                 if CS.CLUSTER_STATE_TERMINATED not in wanted:
                     if not last:  # never seen: the service's words (a wrong id or name)
                         raise
-                    raise errors.NotFound(f"cluster {ref} no longer exists") from None
+                    raise errors.NotFound(
+                        f"cluster {_named(last[-1], ref)} no longer exists"
+                    ) from None
                 gone = clusters_pb2.Cluster()
                 if last:
                     gone.CopyFrom(last[-1])
@@ -533,7 +535,8 @@ class WaitsClientMixin:
                 if c is not None and outage.since is not None:
                     now = f"; it was {cluster_state_name(c.state)} when last seen"
                 raise ClusterWaitTimeout(
-                    f"timed out after {_seconds(timeout_s)} s waiting for cluster {ref} to be "
+                    f"timed out after {_seconds(timeout_s)} s waiting for cluster "
+                    f"{_named(c, ref)} to be "
                     f"{_cluster_names(wanted)}{now}{outage.note()}",
                     c,
                 )
@@ -562,6 +565,18 @@ def _read_timeout(timeout_s: float, deadline: float) -> float:
     """A wait's read's deadline: the client's ``timeout_s``, or less when the wait ends
     sooner (``MIN_READ_S`` at least)."""
     return min(timeout_s, max(deadline - time.monotonic(), MIN_READ_S))
+
+
+def _named(seen: common_pb2.Workspace | clusters_pb2.Cluster | None, ref: str) -> str:
+    """How a wait's error names what it waited for: ``NAME (ID)`` as last seen (the name
+    the user knows it by, and the id a script may have passed), else the ``ref`` the
+    wait was given. A timeout named it by id alone: ``ws create --wait`` waits by the id
+    of the workspace it made, which the user had never seen."""
+    if seen is None:
+        return ref
+    if seen.name and seen.id and seen.name != seen.id:
+        return f"{seen.name} ({seen.id})"
+    return seen.name or seen.id or ref
 
 
 def _reboots(ws: common_pb2.Workspace) -> str:

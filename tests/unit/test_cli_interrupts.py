@@ -21,6 +21,7 @@ from tests.unit.cluster_examples import CS, WS
 from tests.unit.cluster_examples import cluster as _cluster
 from workspace import errors
 from workspace.cli import admin, ws
+from workspace.domain.events import SiteEvent
 from workspace.v1 import access_pb2, clusters_pb2, common_pb2, workspaces_pb2
 
 
@@ -447,3 +448,60 @@ def test_an_interrupted_exec_says_the_command_may_still_run(
         "ws: make may still run in box, if it was started, until it ends (its --timeout, 60 s)",
         "ws: interrupted",
     ]
+
+
+class FollowInterrupted:
+    """`ws watch`, `ws events`, `ws cluster events`, `ws-admin events`: one event or
+    change is printed, then Ctrl-C."""
+
+    def get_workspace(self, ref: str) -> Any:
+        return _ws(ref, WS.WORKSPACE_STATE_RUNNING)
+
+    def health(self) -> None:
+        pass
+
+    def watch(self, ws_id: str, **kw: Any) -> Any:
+        yield workspaces_pb2.WorkspaceEvent(workspace=_ws("box", WS.WORKSPACE_STATE_RUNNING))
+        raise KeyboardInterrupt
+
+    def _events(self, *args: Any, **kw: Any) -> Any:
+        yield SiteEvent(1.0, "workspace.state", "node:n1", "id-box", "box", state="RUNNING")
+        raise KeyboardInterrupt
+
+    watch_workspace_events = watch_cluster_events = watch_events = _events
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["watch"],
+        ["watch", "box"],
+        ["events", "box"],
+        ["events", "box", "--follow"],
+        ["cluster", "events", "mpi", "--follow"],
+        ["admin", "events", "--follow"],
+    ],
+)
+def test_ctrl_c_ends_a_watch_or_a_follow_as_it_ends_a_wait(
+    argv: list[str], output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C ended `ws watch` and `ws events [--follow]` with exit 0 and no word, where
+    every `--wait` says "interrupted" and exits 130: a script could not tell a listing
+    cut short from one that ended. What was printed stays, JSON lines intact."""
+    client = FollowInterrupted()
+    if argv[0] == "admin":
+        rc = admin.main(["-o", output, *argv[1:]], connect=lambda _s: client)  # type: ignore[arg-type]
+        prog = "ws-admin"
+    else:
+        rc = _run(["-o", output, *argv], client)  # type: ignore[arg-type]
+        prog = "ws"
+    out = capsys.readouterr()
+    assert rc == 130
+    assert out.err == f"{prog}: interrupted\n"
+    assert len(out.out.splitlines()) == 1 and "box" in out.out
+    if output == "json":
+        json.loads(out.out)

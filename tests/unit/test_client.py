@@ -953,8 +953,12 @@ def test_wait_for_state_fails_and_times_out(
     wsvc.states = [WS.WORKSPACE_STATE_STARTING]
     with pytest.raises(WaitTimeout, match="it is STARTING"):
         client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 0.5)
-    # A caller's remainder of a deadline is named as the time it stands for.
-    with pytest.raises(WaitTimeout, match=r"^timed out after 0\.5 s waiting for workspace w1"):
+    # A caller's remainder of a deadline is named as the time it stands for. The
+    # workspace by the name the user knows and its id (`ws create --wait` waits by the
+    # id of the one it made: "waiting for workspace 3960c9daa910" named it by id only).
+    with pytest.raises(
+        WaitTimeout, match=r"^timed out after 0\.5 s waiting for workspace alpha \(w1\) to be"
+    ):
         client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 0.4999987)
     gone = client.wait_for_state("gone", [WS.WORKSPACE_STATE_TERMINATED], 1)
     assert gone.state == WS.WORKSPACE_STATE_TERMINATED

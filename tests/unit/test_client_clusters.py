@@ -209,7 +209,10 @@ def test_wait_for_cluster_state_fails_and_times_out(served: Served) -> None:
     assert got.state == CS.CLUSTER_STATE_FAILED
     csvc.gets, csvc.states = 0, [(CS.CLUSTER_STATE_PENDING, WS.WORKSPACE_STATE_PENDING)]
     start = time.monotonic()
-    with pytest.raises(ClusterWaitTimeout, match="it is PENDING"):
+    # Named as the user knows it, with its id (it was the id alone).
+    with pytest.raises(
+        ClusterWaitTimeout, match=r"waiting for cluster mpi \(c1\) to be RUNNING; it is PENDING"
+    ):
         client.wait_for_cluster_state("c1", [CS.CLUSTER_STATE_RUNNING], 0.3, poll_s=0.05)
     assert time.monotonic() - start < 3
     gone = client.wait_for_cluster_state("gone", [CS.CLUSTER_STATE_TERMINATED], 1)

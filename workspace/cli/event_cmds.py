@@ -63,8 +63,10 @@ def line(e: SiteEvent) -> str:
 
 
 def _print(args: argparse.Namespace, events: Generator[SiteEvent, None, None], prog: str) -> int:
-    """Each event as a line (or a JSON object), until they end or Ctrl-C. A listing
-    without any says so on stderr (stdout stays empty, as for an empty list)."""
+    """Each event as a line (or a JSON object), until they end or Ctrl-C (`common.run`
+    says "interrupted", exit 130, as for every wait: a listing cut short is not one that
+    ended). A listing without any says so on stderr (stdout stays empty, as for an empty
+    list)."""
     shown = 0
     try:
         for e in events:
@@ -73,8 +75,6 @@ def _print(args: argparse.Namespace, events: Generator[SiteEvent, None, None], p
                 render.print_json_line(as_dict(e))
             else:
                 print(line(e), flush=True)
-    except KeyboardInterrupt:
-        return common.EXIT_OK
     finally:
         events.close()
         sys.stdout.flush()

@@ -358,9 +358,7 @@ class Commands(common.ClientCommands):
                     continue
                 seen[ws.id] = (ws.state, ws.reason)
                 render.watch_event(args, event)
-        except KeyboardInterrupt:
-            return common.EXIT_OK
-        finally:
+        finally:  # Ctrl-C: `common.run` says "interrupted" (exit 130), as for every wait
             events.close()
         return common.EXIT_OK
 
