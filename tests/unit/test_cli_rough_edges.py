@@ -133,6 +133,27 @@ def test_quota_of_no_project_still_says_so(capsys: pytest.CaptureFixture[str]) -
     assert capsys.readouterr().err == "you belong to no project (no project quota applies)\n"
 
 
+@pytest.mark.parametrize("projects", [[], ["ghost"]])
+def test_quota_in_json_says_why_it_is_empty_on_stderr(
+    projects: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ws quota -o json` printed `[]` and nothing else, where the text says "you belong
+    to no project" (or names the certificate's project the site does not know)."""
+    me = workspaces_pb2.Caller(user="alice", projects=projects)
+    assert run_ws(FakeClient(quota=[], whoami=me), "quota", "-o", "json") == 0
+    got = capsys.readouterr()
+    assert json.loads(got.out) == []
+    said = "you belong to no project" if not projects else "names project ghost, which"
+    assert said in got.err and len(got.err.splitlines()) == 1
+    # A project known beside it: its JSON, and the unknown one named on stderr.
+    uses = [projects_pb2.ProjectQuota(project="physics")]
+    assert run_ws(FakeClient(quota=uses, whoami=me), "-o", "json", "quota") == 0
+    got = capsys.readouterr()
+    assert [p["name"] for p in json.loads(got.out)] == ["physics"]
+    assert "belong to no project" not in got.err
+    assert len(got.err.splitlines()) == len(projects) and ("ghost" in got.err) == bool(projects)
+
+
 # -- --mine on `ws image list` and `ws usage`, as on `ws list` ---------------------------------
 
 

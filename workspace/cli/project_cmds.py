@@ -448,18 +448,19 @@ def register_user(
     """Add `quota`, `project list` and `project show` to ws."""
 
     def quota(args: argparse.Namespace) -> int:
+        """The caller's projects' use and limits; on stderr, in JSON mode too (whose
+        ``[]`` explained nothing), why there is none, or which of the projects the
+        caller's certificate names the site does not know."""
         client = client_for(args)
         uses = client.quota()
-        unknown: list[str] = []
-        if not render.wants_json(args):
-            listed = {u.project for u in uses}
-            unknown = [p for p in client.whoami().projects if p not in listed]
-        none = "you belong to no project (no project quota applies)"
-        if unknown:
-            none = unknown_projects(unknown)
-        render.emit_list(args, uses, user_quota_text, none, quota_dict)
-        if uses and unknown:
-            print(unknown_projects(unknown), file=sys.stderr)
+        listed = {u.project for u in uses}
+        unknown = [p for p in client.whoami().projects if p not in listed]
+        note = unknown_projects(unknown) if unknown else ""
+        if not uses and not unknown:
+            note = "you belong to no project (no project quota applies)"
+        render.emit_list(args, uses, user_quota_text, note, quota_dict)
+        if note and (uses or render.wants_json(args)):  # else emit_list said it
+            print(note, file=sys.stderr)
         return common.EXIT_OK
 
     p = subparsers.add_parser("quota", parents=[parent], help="your projects: use and limits")
