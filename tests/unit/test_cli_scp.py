@@ -21,7 +21,7 @@ from tests.unit.test_cli_guests import (  # own_tmp: an autouse fixture here too
 )
 from workspace.cli import copy_cmds
 from workspace.site import record as site_record
-from workspace.v1 import clusters_pb2
+from workspace.v1 import access_pb2, clusters_pb2
 
 STRICT = [
     "-o", "StrictHostKeyChecking=yes",
@@ -289,3 +289,52 @@ def test_scp_copies_from_and_to_a_colleagues_workspace_by_owner_name(
         assert "./alice/box" not in err
     rc, out, _ = run(c, capsys, "scp", "box:/a", "./results/x:1", "--print")
     assert rc == 0 and shlex.split(out)[-1] == "./results/x:1"
+
+
+def test_a_failed_scp_login_says_where_to_give_the_key_as_ws_ssh_does(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`ws scp` and `ws cluster scp` whose scp could not log in said only scp's words
+    ("Permission denied", "scp exit 255" per member), where `ws ssh` says which keys the
+    guest has and where to give the private one (-i FILE)."""
+    fake_ssh(
+        monkeypatch,
+        tmp_path,
+        "echo 'debian@10.213.0.5: Permission denied (publickey).' >&2\n"
+        "echo 'scp: Connection closed' >&2\nexit \"$SCP_EXIT\"\n",
+        name="scp",
+    )
+    monkeypatch.setenv("SCP_EXIT", "255")
+    c = FakeClient([box(host_keys=HOST_KEYS, ssh_keys=["SHA256:old"])])
+    c.keys = [access_pb2.SshKey(fingerprint="SHA256:old")]
+    rc, _, err = run(c, capfd, "scp", "-r", "my data", "box:/tmp/")  # type: ignore[arg-type]
+    assert rc == 255
+    assert 'ws: box has your key SHA256:old: if scp said "Permission denied"' in err
+    assert "give it with `ws scp -i FILE -r 'my data' box:/tmp/`" in err
+    c.keys = []
+    rc, _, err = run(c, capfd, "scp", "box:/tmp/out", ".")  # type: ignore[arg-type]
+    assert rc == 255 and "ws: you have no SSH key at the service" in err
+    assert "(`ws scp -i FILE box:/tmp/out .`)" in err
+    # Given -i, the guest holding one of the caller's keys: scp's words stand.
+    c.keys = [access_pb2.SshKey(fingerprint="SHA256:old")]
+    (tmp_path / "id").write_text("a key\n")
+    rc, _, err = run(c, capfd, "scp", "-i", str(tmp_path / "id"), "f", "box:")  # type: ignore[arg-type]
+    assert rc == 255 and "ws:" not in err
+
+    # Every member refused: said once, of the first, with the command to give -i to.
+    _cluster(c)
+    for m in c.cluster.members:  # type: ignore[union-attr]
+        m.ssh_keys.append("SHA256:old")
+    argv = ["cluster", "scp", "mpi", "f", ":", "--role", "worker"]
+    rc, out, err = run(c, capfd, *argv)  # type: ignore[arg-type]
+    assert rc == 1 and "== mpi-worker-0 (worker): scp exit 255" in out
+    hints = [line for line in err.splitlines() if line.startswith("ws: ")]
+    assert hints == [
+        'ws: mpi-worker-0 has your key SHA256:old: if scp said "Permission denied", it did '
+        "not find the private half where it looks (~/.ssh/id_ed25519, id_ecdsa, id_rsa): "
+        "give it with `ws cluster scp -i FILE --role worker mpi f :`"
+    ]
+    # A copy that failed otherwise (scp's 1: no such file) is no login refused.
+    monkeypatch.setenv("SCP_EXIT", "1")
+    rc, _, err = run(c, capfd, *argv)  # type: ignore[arg-type]
+    assert rc == 1 and "ws:" not in err

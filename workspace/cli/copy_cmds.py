@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,8 @@ _REMOTE = re.compile(r"([^/:]+):(.*)", re.DOTALL)
 # OWNER/NAME:PATH: a user name (identity.NAME_RE) and a workspace name (ops/create.py).
 _OWNED = re.compile(r"([a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9-]*):(.*)", re.DOTALL)
 USAGE = "SRC... NAME:DST or NAME:SRC... DST"
+# scp's exit code when its ssh could not connect or log in (OpenSSH 9's SFTP mode, as ssh's).
+SSH_FAILED = guest_cmds.SSH_FAILED
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,18 @@ def scp_cmd(args: argparse.Namespace, client: Client) -> int:
         netns,
         guest_cmds.connect_attempts(args, ws, netns),
     )
-    return guest_cmds.print_or_run(args, cmd, known)
+    rc = guest_cmds.print_or_run(args, cmd, known)
+    if rc == SSH_FAILED:  # scp's ssh could not log in, or connect
+        guest_cmds.hint_about_keys(client, ws, bool(args.key), "scp", _with_key("ws scp", args))
+    return rc
+
+
+def _with_key(command: str, args: argparse.Namespace, *first: str) -> str:
+    """The copy asked for again, with ``-i FILE``: what a failed login's hint says."""
+    options = [*(["-r"] if args.recursive else []), *(["-l", args.user] if args.user else [])]
+    if getattr(args, "role", None):
+        options += ["--role", args.role]
+    return f"{command} -i FILE {shlex.join([*options, *first, *args.operands])}"
 
 
 def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
@@ -287,6 +301,12 @@ def cluster_scp_cmd(args: argparse.Namespace, client: Client) -> int:
             for said in c.stderr.splitlines():
                 print(f"{c.name}: {said}", file=sys.stderr, flush=True)
         print(line)
+    # What `ws ssh` says of a login it could not make, said once, of the first member scp
+    # could not log in to (or connect to): members get their owner's keys alike.
+    refused = [m for m, c in zip(members, copies, strict=True) if c.exit_code == SSH_FAILED]
+    if refused:
+        again = _with_key("ws cluster scp", args, args.name)
+        guest_cmds.hint_about_keys(client, refused[0], bool(args.key), "scp", again)
     return common.EXIT_OK if not bad else common.EXIT_REQUEST
 
 

@@ -401,7 +401,7 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: OptionParser) -> int
         relay.close()
     if rc == SSH_FAILED:
         _hint_still_booting(args, ws, netns)
-        _hint_about_keys(client, ws, bool(args.key))
+        hint_about_keys(client, ws, bool(args.key), "ssh", f"ws ssh -i FILE {ws.name}")
     return rc
 
 
@@ -456,11 +456,14 @@ def print_or_run(args: argparse.Namespace, cmd: list[str], known: Path) -> int:
 SSH_FAILED = 255
 
 
-def _hint_about_keys(client: Client, ws: common_pb2.Workspace, key_given: bool) -> None:
-    """After a failed login: say so if none of the caller's SSH keys at the service is
-    in the guest, the usual reason a scientist cannot log in (ssh itself only says
-    "Permission denied"); if one is but no ``-i`` was given, that ssh may not have
-    found its private half."""
+def hint_about_keys(
+    client: Client, ws: common_pb2.Workspace, key_given: bool, tool: str, again: str
+) -> None:
+    """After a failed login (``tool``, ssh or scp, exited 255): say so if none of the
+    caller's SSH keys at the service is in the guest, the usual reason a scientist cannot
+    log in (ssh itself only says "Permission denied"); if one is but no ``-i`` was given,
+    that ``tool`` may not have found its private half. ``again``: the command that gives
+    it (``ws ssh -i FILE box``)."""
     try:
         mine = {k.fingerprint for k in client.list_ssh_keys()}
     except errors.WorkspaceError:
@@ -479,16 +482,16 @@ def _hint_about_keys(client: Client, ws: common_pb2.Workspace, key_given: bool) 
     else:
         have = ", ".join(sorted(mine & set(ws.ssh_keys)))
         print(
-            f'ws: {ws.name} has your key {have}: if ssh said "Permission denied", it '
+            f'ws: {ws.name} has your key {have}: if {tool} said "Permission denied", it '
             f"did not find the private half where it looks (~/.ssh/id_ed25519, id_ecdsa, "
-            f"id_rsa): give it with `ws ssh -i FILE {ws.name}`",
+            f"id_rsa): give it with `{again}`",
             file=sys.stderr,
         )
         return
     print(
         f"ws: {why}, and a key added later reaches only new workspaces: `ws key add "
         f"~/.ssh/id_ed25519.pub`, then create a new one, or log in with a key it has "
-        f"(`ws ssh -i FILE {ws.name}`); {reach}",
+        f"(`{again}`); {reach}",
         file=sys.stderr,
     )
 
