@@ -10,7 +10,7 @@ from pathlib import Path
 from agent.agent import Agent
 from agent.netsetup import Networking, NullNetworking
 from agent.virt import make_driver
-from workspace import config, rpc, sole, version
+from workspace import config, metrics_http, rpc, sole, version
 from workspace.config import AgentConfig
 from workspace.errors import ConfigError, WorkspaceError
 from workspace.log import setup as setup_logging
@@ -38,6 +38,14 @@ def check_transport(cfg: AgentConfig) -> None:
         log.log(*rpc.insecure_warning("workspace-agent (peer server)", cfg.peer_listen))
     elif cfg.peer_listen and not cfg.tls.crl_file:
         log.warning("[tls] crl_file is not set: peers with revoked certificates are served")
+
+
+def check_addresses(cfg: AgentConfig) -> None:
+    """ConfigError naming the first address of ``cfg`` the agent cannot listen on now."""
+    if cfg.peer_listen:
+        rpc.check_free(cfg.peer_listen, "peer_listen")
+    if cfg.metrics_listen:
+        metrics_http.check_free(cfg.metrics_listen)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as exc:  # state_dir a file, or not ours to write
         log.error("cannot start: state_dir %s: %s", cfg.state_dir, exc.strerror or exc)
+        return 1
+    try:
+        # An address it cannot listen on (another process has it) is said now, before
+        # the node's cache and state are opened; start() binds them.
+        check_addresses(cfg)
+    except ConfigError as exc:
+        node_lock.release()
+        log.error("cannot start: %s", exc.message)
         return 1
     try:
         agent = Agent(cfg, make_driver(cfg), make_networking(cfg))

@@ -21,6 +21,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, disable_created_metrics, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from workspace import ports
 from workspace.errors import ConfigError
 
 log = logging.getLogger("workspace.metrics")
@@ -94,19 +95,29 @@ def new_registry() -> CollectorRegistry:
     return CollectorRegistry(auto_describe=True)
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def check_free(address: str) -> None:
+    """ConfigError unless ``metrics_listen`` ``address`` can be listened on now (the
+    daemons ask before they make their store or state), in the words of the gRPC
+    listen addresses' errors: "metrics_listen: cannot bind ADDRESS: in use"."""
+    host, port = split_address(address)
+    if why := ports.why_not_bindable(host, port, _family(host)):
+        raise ConfigError(f"metrics_listen: cannot bind {address}: {why}")
+
+
 def serve(registry: CollectorRegistry, address: str, what: str) -> MetricsServer:
     host, port = split_address(address)
-    server_class = type(
-        "MetricsHTTPServer",
-        (_Server,),
-        {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET},
-    )
+    server_class = type("MetricsHTTPServer", (_Server,), {"address_family": _family(host)})
     try:
         httpd: _Server = make_server(
             host, port, make_wsgi_app(registry), server_class, handler_class=_Handler
         )
     except OSError as exc:
-        raise ConfigError(f"metrics_listen: cannot bind {address}: {exc}") from exc
+        why = ports.reason(exc)
+        raise ConfigError(f"metrics_listen: cannot bind {address}: {why}") from None
     thread = threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True)
     thread.start()
     server = MetricsServer(host, int(httpd.server_port), httpd, thread)

@@ -20,7 +20,6 @@ certificate (the CA is the site's own: what the server is matters, not where).
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
 import os
@@ -33,7 +32,7 @@ from typing import Any
 
 import grpc
 
-from workspace import failover, identity, tls_reload
+from workspace import failover, identity, ports, tls_reload
 from workspace.config import TlsConfig
 from workspace.errors import ConfigError
 from workspace.rpc_decode import DecodeRequests
@@ -231,13 +230,9 @@ def listen_on(srv: grpc.Server, address: str, tls: TlsConfig | None, key: str) -
     gRPC binds and listens when the port is added, so a socket made as the umask said
     and chmod-ed after took connections in that window (queued, then served), hence the
     umask for the bind itself. What cannot be bound is a ConfigError naming ``key``,
-    the address and why."""
-    if is_unix(address):
-        _clear_unix_path(unix_path(address), key)
-    else:
-        _, sep, digits = address.rpartition(":")
-        if not sep or not digits.isdigit() or int(digits) > 65535:
-            raise ConfigError(f"{key}: cannot bind {address}: not host:port nor unix:/path")
+    the address and why; a TCP port in use is found before gRPC is asked (``check_free``),
+    so gRPC's own error line is not printed before ours."""
+    check_free(address, key)
     # The umask is the process's: set only for the bind (the daemons add their ports
     # at start, before their own threads make files), and put back at once.
     umask = os.umask(0o777 & ~UNIX_SOCKET_MODE) if is_unix(address) else None
@@ -253,6 +248,21 @@ def listen_on(srv: grpc.Server, address: str, tls: TlsConfig | None, key: str) -
     if is_unix(address):
         os.chmod(unix_path(address), UNIX_SOCKET_MODE)
     return port
+
+
+def check_free(address: str, key: str) -> None:
+    """ConfigError unless ``address``, the value of the config key ``key``, can be
+    listened on now: host:port or unix:/path, not in use by another process (the
+    daemons ask it before they make their store or state, and ``listen_on`` again just
+    before it binds). A unix socket a killed process left is removed (``listen_on``)."""
+    if is_unix(address):
+        _clear_unix_path(unix_path(address), key)
+        return
+    host, sep, digits = address.rpartition(":")
+    if not sep or not digits.isdigit() or int(digits) > 65535:
+        raise ConfigError(f"{key}: cannot bind {address}: not host:port nor unix:/path")
+    if why := ports.why_not_bindable(host.strip("[]"), int(digits)):
+        raise ConfigError(f"{key}: cannot bind {address}: {why}")
 
 
 def unix_path(address: str) -> Path:
@@ -299,17 +309,8 @@ def _why_not_bound(address: str) -> str:
         parent = unix_path(address).parent
         return "cannot create the socket there" if parent.is_dir() else f"no directory {parent}"
     host, _, port = address.rpartition(":")
-    try:
-        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    family, kind, proto, _, where = infos[0]
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(where)
-        except OSError as exc:
-            return "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+    if why := ports.why_not_bindable(host.strip("[]"), int(port)):
+        return why
     return "gRPC could not bind it"
 
 

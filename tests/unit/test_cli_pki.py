@@ -79,12 +79,15 @@ def test_init_issue_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[st
     code, out, _ = run(capsys, "pki", "list", "--dir", ca)
     assert out.count("revoked") == 2 and "valid" in out
 
-    # A second certificate for a name that holds a valid one: issued, and said.
-    svc2 = tmp_path / "svc2"
-    code, _, err = run(capsys, "pki", "issue", "service", "head", "--out", str(svc2), "--dir", ca)
+    # A user's second certificate while one is valid (a renewal): issued, and said.
+    code, out, err = run(capsys, "-o", "json", "pki", "issue", "user", "alice",
+                         "--out", str(tmp_path / "a2"), "--dir", ca)  # fmt: skip
+    assert code == 0 and err == ""  # the first one is revoked
+    renewed = json.loads(out)["serial"]
+    code, _, err = run(capsys, "pki", "issue", "user", "alice", "--out", str(tmp_path / "a3"),
+                       "--dir", ca)  # fmt: skip
     assert code == 0
-    first = rows["head"]["serial"]
-    assert f"service:head already holds a valid certificate (serial {first})" in err
+    assert f"user:alice already holds a valid certificate (serial {renewed})" in err
     # A name a user and a node share: revoked only with its kind.
     run(capsys, "pki", "issue", "user", "n1", "--out", str(tmp_path / "un1"), "--dir", ca)
     capsys.readouterr()
@@ -92,6 +95,47 @@ def test_init_issue_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert code == 1 and "say which: node:n1 or user:n1" in err
     code, out, _ = run(capsys, "pki", "revoke", "user:n1", "--dir", ca)
     assert code == 0 and "revoked user:n1" in out and "node:n1" not in out
+
+
+def test_two_service_replicas_on_one_host_get_names_of_their_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pki issue service localhost` for a second replica on the host gave both
+    certificates the name localhost, and revoking it by that name revoked both. A name
+    that holds a valid service certificate is refused, nothing written; the replica
+    gets its own name (--name), which revokes it alone; --force renews."""
+    ca = str(tmp_path / "ca")
+    run(capsys, "pki", "init", "--dir", ca)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run(capsys, "pki", "issue", "service", "localhost", "--out", str(one),
+               "--dir", ca)[0] == 0  # fmt: skip
+    first = f"{pki.identity_of_dir(one).serial:#x}"
+    code, out, err = run(capsys, "pki", "issue", "service", "localhost", "--out", str(two),
+                         "--dir", ca)  # fmt: skip
+    assert (code, out) == (1, "")
+    assert f"service:localhost already holds a valid certificate (serial {first})" in err
+    assert "--name NAME" in err and "--force" in err
+    assert not two.exists() and len(pki.CA(ca).issued()) == 1
+
+    code, _, _ = run(capsys, "pki", "issue", "service", "localhost", "--name", "replica-2",
+                     "--out", str(two), "--dir", ca)  # fmt: skip
+    assert code == 0
+    assert pki.identity_of_dir(two).name == "replica-2"
+    cert = x509.load_pem_x509_certificate((two / "cert.pem").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    assert "service.workspace.invalid" in sans.get_values_for_type(x509.DNSName)
+
+    code, out, _ = run(capsys, "pki", "revoke", "service:replica-2", "--dir", ca)
+    assert code == 0 and "service:replica-2" in out and "service:localhost" not in out
+    revoked = pki.Revocations(f"{ca}/crl.pem", f"{ca}/ca.pem").serials()
+    assert revoked == {pki.identity_of_dir(two).serial}
+
+    # Renewing the first replica's: --force, and the note names the one it replaces.
+    code, _, err = run(capsys, "pki", "issue", "service", "localhost", "--force",
+                       "--out", str(tmp_path / "renewed"), "--dir", ca)  # fmt: skip
+    assert code == 0
+    assert f"service:localhost already holds a valid certificate (serial {first})" in err
 
 
 def test_default_ca_dir_is_the_local_sites(

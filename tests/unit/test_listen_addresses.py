@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent import main as agent_main
+from agent.agent import AGENT_ID_FILE
 from agent.cache import BlobCache
 from agent.peers import PeerServer
 from workspace import config, rpc
@@ -53,12 +54,10 @@ def test_a_second_service_on_the_unix_socket_of_a_running_one_is_refused(
 ) -> None:
     listen = f"unix:{tmp_path}/service.sock"
     with running(service_cfg(tmp_path, "one", listen)):
-        second = service_main.Service(service_cfg(tmp_path, "two", listen))
-        try:
-            with pytest.raises(ConfigError, match=r"^listen: .*service\.sock is in use"):
-                second.start()
-        finally:
-            second.stop(0)
+        # Refused before its store is made (check_addresses).
+        with pytest.raises(ConfigError, match=r"^listen: .*service\.sock is in use"):
+            service_main.Service(service_cfg(tmp_path, "two", listen))
+        assert not (tmp_path / "two" / "service.db").exists()
         # The first one still has its sockets and answers on them.
         assert (tmp_path / "service.sock").is_socket()
         assert (tmp_path / "nodes.sock").is_socket()
@@ -79,12 +78,8 @@ def test_the_socket_a_killed_service_left_is_reused(tmp_path: Path) -> None:
 def test_a_unix_listen_path_that_is_not_a_socket_is_refused_and_kept(tmp_path: Path) -> None:
     precious = tmp_path / "service.toml"
     precious.write_text("listen = 'x'\n")
-    svc = service_main.Service(service_cfg(tmp_path, "d", f"unix:{precious}"))
-    try:
-        with pytest.raises(ConfigError, match=r"^listen: .*service\.toml is not a socket"):
-            svc.start()
-    finally:
-        svc.stop(0)
+    with pytest.raises(ConfigError, match=r"^listen: .*service\.toml is not a socket"):
+        service_main.Service(service_cfg(tmp_path, "d", f"unix:{precious}"))
     assert precious.read_text() == "listen = 'x'\n"
 
 
@@ -95,25 +90,46 @@ def free_port_held() -> socket.socket:
     return s
 
 
-@pytest.mark.parametrize("key", ["listen", "node_listen"])
+@pytest.mark.parametrize("key", ["listen", "node_listen", "metrics_listen"])
 def test_a_tcp_address_in_use_is_one_line_naming_its_key(
-    tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, key: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    """One line, in the words of every listen error, and before the store is made or
+    migrated: not gRPC's own "add_port.cc ... Failed to add port" line to stderr first,
+    nor metrics' "[Errno 98] Address already in use" after the migration."""
     held = free_port_held()
     try:
         port = held.getsockname()[1]
-        if key == "listen":
-            cfg = service_cfg(tmp_path, "d", f"127.0.0.1:{port}", node_listen="127.0.0.1:0")
-        else:
-            cfg = service_cfg(tmp_path, "d", "127.0.0.1:0", node_listen=f"127.0.0.1:{port}")
+        addresses = {"listen": "127.0.0.1:0", "node_listen": "127.0.0.1:0"}
+        addresses[key] = f"127.0.0.1:{port}"
+        cfg = service_cfg(tmp_path, "d", **addresses)  # type: ignore[arg-type]
         path = config.write(tmp_path / "s.toml", cfg)
         assert service_main.main(["--config", str(path)]) == 1
     finally:
         held.close()
-    err = capsys.readouterr().err
-    said = [line for line in err.splitlines() if "cannot start" in line]
-    assert said and said[0].endswith(f"cannot start: {key}: cannot bind 127.0.0.1:{port}: in use")
+    err = capfd.readouterr().err
+    said = [line for line in err.splitlines() if "in use" in line]
+    assert len(said) == 1, err
+    assert said[0].endswith(f"cannot start: {key}: cannot bind 127.0.0.1:{port}: in use")
     assert "Traceback" not in err
+    assert not (tmp_path / "d" / "service.db").exists()
+
+
+def test_a_port_taken_after_the_start_checks_is_still_one_line(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A port taken between the daemon's checks and its bind (a store migration takes a
+    while) is found before gRPC is asked to bind it: no line of gRPC's own."""
+    held = free_port_held()
+    srv = rpc.server(2)
+    try:
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        with pytest.raises(ConfigError, match=f"^node_listen: cannot bind {address}: in use$"):
+            rpc.listen_on(srv, address, None, "node_listen")
+    finally:
+        srv.stop(0)
+        held.close()
+    assert "in use" not in capfd.readouterr().err
 
 
 def test_an_agent_peer_socket_in_use_is_refused(tmp_path: Path) -> None:
@@ -130,9 +146,11 @@ def test_an_agent_peer_socket_in_use_is_refused(tmp_path: Path) -> None:
         first.stop()
 
 
-def test_an_agent_whose_peer_port_is_taken_says_so_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("key", ["peer_listen", "metrics_listen"])
+def test_an_agent_whose_port_is_taken_says_so_in_one_line(
+    tmp_path: Path, key: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    """As the service: one line, before the node's cache and state are opened."""
     held = free_port_held()
     try:
         port = held.getsockname()[1]
@@ -140,16 +158,20 @@ def test_an_agent_whose_peer_port_is_taken_says_so_in_one_line(
             node="n1",
             service=f"unix:{tmp_path}/nodes.sock",
             state_dir=str(tmp_path / "agent"),
-            peer_listen=f"127.0.0.1:{port}",
             insecure=True,
+            **{key: f"127.0.0.1:{port}"},  # type: ignore[arg-type]
         )
         path = config.write(tmp_path / "a.toml", cfg)
         assert agent_main.main(["--config", str(path)]) == 1
     finally:
         held.close()
-    err = capsys.readouterr().err
-    assert f"cannot start: peer_listen: cannot bind 127.0.0.1:{port}: in use" in err
+    err = capfd.readouterr().err
+    said = [line for line in err.splitlines() if "in use" in line]
+    assert len(said) == 1, err
+    assert said[0].endswith(f"cannot start: {key}: cannot bind 127.0.0.1:{port}: in use")
     assert "Traceback" not in err
+    assert not (tmp_path / "agent" / "cache").exists()
+    assert not (tmp_path / "agent" / AGENT_ID_FILE).exists()
 
 
 @pytest.mark.parametrize("listen", ["x", "127.0.0.1", "host:port"])

@@ -3,7 +3,7 @@
     ws-admin pki init [--dir D]                  make the site CA
     ws-admin pki issue user NAME [--admin] [--project P]... --out DIR
     ws-admin pki issue node NAME --out DIR [--host H]...
-    ws-admin pki issue service HOST... --out DIR
+    ws-admin pki issue service HOST... [--name NAME] [--force] --out DIR
     ws-admin pki revoke NAME|KIND:NAME|SERIAL     re-signs crl.pem
     ws-admin pki list                             what was issued, and what is revoked
     ws-admin pki bundle CA_DIR... --out DIR       ca.pem and crl.pem of several CAs
@@ -99,17 +99,27 @@ def issue(args: argparse.Namespace) -> int:
     elif kind is Kind.NODE:
         who, hosts = Identity(kind, args.name), list(args.host or ())
     else:
-        who, hosts = Identity(kind, args.hosts[0]), list(args.hosts)
+        who, hosts = Identity(kind, args.name or args.hosts[0]), list(args.hosts)
     before = [r for r in ca.issued() if (r.kind, r.name) == (kind.value, who.name)]
+    valid = [r for r in before if not r.revoked]
+    serials = ", ".join(f"{r.serial:#x}" for r in valid)
+    if valid and kind is Kind.SERVICE and not args.force:
+        # Every replica is the same service to clients; its name is only what `pki list`
+        # and `pki revoke` call its certificate. Two of one name (replicas on one host,
+        # both named by its first HOST) were revoked together by that name.
+        raise errors.AlreadyExists(
+            f"{who.principal} already holds a valid certificate (serial {serials}); give "
+            "another replica a name of its own (--name NAME), so that `ws-admin pki revoke "
+            "service:NAME` revokes its certificate alone; to renew this one, --force (then "
+            "revoke the old one by serial once it is replaced)"
+        )
     try:
         bundle = Path(args.ca_file).expanduser().read_bytes() if args.ca_file else None
     except OSError as exc:
         raise errors.NotFound(f"--ca-file {args.ca_file}: {exc.strerror or exc}") from None
     row = ca.issue(who, out, hosts, ca_bundle=bundle)
     server_name = tls_name(who.kind, who.name)
-    valid = [r for r in before if not r.revoked]
     if valid and not render.wants_json(args):
-        serials = ", ".join(f"{r.serial:#x}" for r in valid)
         print(
             f"ws-admin: note: {who.principal} already holds a valid certificate (serial "
             f"{serials}); each works until it expires or is revoked: revoke the old one by "
@@ -231,6 +241,16 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> None:
         metavar="HOST",
         help="names and addresses it is reached at (the CA adds service.workspace.invalid, "
         "which clients check)",
+    )
+    q.add_argument(
+        "--name",
+        help="the certificate's name in `pki list` and `pki revoke` (default: the first "
+        "HOST); each replica its own (a name that holds a valid certificate is refused)",
+    )
+    q.add_argument(
+        "--force",
+        action="store_true",
+        help="issue even though NAME holds a valid certificate (a renewal of that replica's)",
     )
     q.add_argument("--out", required=True, metavar="DIR", help=out_help)
     q.add_argument("--dir", help=dir_help)

@@ -17,7 +17,7 @@ from pathlib import Path
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from workspace import callctx, config, grants, rpc, sole, version
+from workspace import callctx, config, grants, metrics_http, rpc, sole, version
 from workspace.config import ServiceConfig
 from workspace.domain.replicas import ReplicaView
 from workspace.edge.admin import AdminServicer
@@ -108,6 +108,14 @@ def _grant_signer(cfg: ServiceConfig) -> grants.Signer | None:
         return None
 
 
+def check_addresses(cfg: ServiceConfig) -> None:
+    """ConfigError naming the first address of ``cfg`` that cannot be listened on now."""
+    rpc.check_free(cfg.listen, "listen")
+    rpc.check_free(cfg.node_address, "node_listen")
+    if cfg.metrics_listen:
+        metrics_http.check_free(cfg.metrics_listen)
+
+
 class Service:
     """The service with its gRPC server; start() returns once it listens."""
 
@@ -124,6 +132,9 @@ class Service:
         database = engines.sqlite_file(cfg.db_url)
         self.sole = sole.hold_store(database) if database is not None else None
         try:
+            # An address it cannot listen on (another process has it) is said now, before
+            # the store is made or migrated; start() binds them (metrics_http, rpc).
+            check_addresses(cfg)
             self.store = Store(cfg.db_url, migrate_in_child=True)
         except BaseException:
             if self.sole is not None:
