@@ -45,6 +45,7 @@ from workspace.client import IDENTITY_ENV, Client
 from workspace.client_address import ServiceNotConfigured
 from workspace.slurm import program
 from workspace.slurm.check import Images, check
+from workspace.slurm.dirs import LOG_DIR_MODE, make_dirs
 from workspace.slurm.hostlist import HostlistError
 from workspace.slurm.nodelock import NodeLocks
 from workspace.slurm.resumefile import (
@@ -133,7 +134,7 @@ def setup_logging(path: str | None, stderr: bool = False) -> None:
     handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if path is not None:
         try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(Path(path).parent, LOG_DIR_MODE)
             # Made 0640 if missing (README's install -m 0640): FileHandler would make it
             # 0644, every local user reading the nodes' failures and the service's answers.
             os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640))
