@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tests.unit.test_slurm_program import Run, run
 from workspace import errors
-from workspace.slurm.program import fail_reason
+from workspace.slurm.reasons import fail_reason
 from workspace.v1 import common_pb2
 
 __all__ = ["run"]  # the fixture, used here
