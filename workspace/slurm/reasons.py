@@ -8,12 +8,15 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from workspace import errors
+from workspace.client_address import ServiceUnreachable, connect_reason
 from workspace.slurm.hostlist import brief
 from workspace.slurm.scontrol import Scontrol
 from workspace.v1 import common_pb2
 
 log = logging.getLogger("ws-slurm")
 WS = common_pb2.WorkspaceState
+# What grpc-core says before a connection's cause (``connect_reason`` keeps it).
+CONNECT_WRAPPING = ("connect failed: ", "failed to connect to remote host: ")
 
 
 def silence(ws: common_pb2.Workspace) -> str:
@@ -26,10 +29,43 @@ def silence(ws: common_pb2.Workspace) -> str:
 
 
 def service_problem(exc: errors.WorkspaceError) -> str:
-    """A service error as a node's reason: unreachable, or what it said."""
+    """A service error as a node's reason, its cause first: ``service unreachable: Connection
+    refused at 10.0.0.5:7070`` (each address once, with what gRPC said of it), ``service
+    unreachable: it did not answer within 30 s``, ``service refused ws-slurm: ...``. (Until
+    session 44: ``the workspace service cannot be reached: cannot reach the workspace
+    service at ADDRESS: ...``, whose cause Slurm's 200 characters cut off after a long
+    socket path, behind a suspend's own words, or with replicas.)"""
+    if isinstance(exc, ServiceUnreachable) and exc.failures:
+        return f"service unreachable: {unreachable(exc)}"
     if isinstance(exc, errors.Unavailable):
-        return f"the workspace service cannot be reached: {exc.message}"
-    return f"the workspace service refused ws-slurm: {exc.message}"
+        return f"service unreachable: {exc.message}"
+    return f"service refused ws-slurm: {exc.message}"
+
+
+def unreachable(exc: ServiceUnreachable) -> str:
+    """Why no connection could be made, cause first: ``No such file or directory at
+    unix:/run/ws.sock``; replicas that failed alike as one (``Connection refused at a:1,
+    b:1``). One address: what the client added after the cause too (a hint: no identity
+    given, a local site's services down)."""
+    by_cause: dict[str, list[str]] = {}
+    for address, details in exc.failures:
+        by_cause.setdefault(_cause(details), []).append(address)
+    said = "; ".join(f"{cause} at {', '.join(where)}" for cause, where in by_cause.items())
+    if len(exc.failures) > 1:
+        return said
+    full = connect_reason(exc.failures[0][1])
+    _, found, after = exc.message.partition(full) if full else ("", "", "")
+    return said + (after if found else "")
+
+
+def _cause(details: str) -> str:
+    """gRPC's words for a connection that could not be made, its wrapping and the
+    address taken off: ``Connection refused``, ``No such file or directory``."""
+    said = connect_reason(details)
+    for wrap in CONNECT_WRAPPING:
+        if said.lower().startswith(wrap):
+            return said[len(wrap) :] or said
+    return said or "unavailable"
 
 
 def refuse(

@@ -51,6 +51,7 @@ RETRY_PAUSE_S = 1.0
 ADDRESS_CHUNK = 200  # nodes per NodeAddr update (one argument of ~20 characters each)
 REASON_PREFIX = "ws: "
 MAX_REASON = 200
+CUT_MARK = " ..."  # where a reason too long for Slurm was cut (``fit_reason``)
 MAX_LOGGED_ARG = 120
 NOT_FOUND = re.compile(r"^Node (\S+) not found")  # scontrol show node of an unknown node
 # Where a bare ``scontrol`` is looked for when the environment has no PATH: slurmctld runs
@@ -74,11 +75,26 @@ def find(command: str, path: str | None = None) -> str | None:
 
 def reason_text(text: str) -> str:
     """A node reason as ws-slurm sets it: ``ws: ...``, one line, at most 200 characters
-    (``sinfo -R`` shows the first 20, ``scontrol show node`` all of it)."""
-    one = " ".join(text.split())
-    if len(one) > MAX_REASON - len(REASON_PREFIX):
-        one = one[: MAX_REASON - len(REASON_PREFIX) - 3] + "..."
-    return REASON_PREFIX + one
+    (``sinfo -R`` shows the first 20, ``scontrol show node`` all of it): ``fit_reason``."""
+    return REASON_PREFIX + fit_reason(" ".join(text.split()), MAX_REASON - len(REASON_PREFIX))
+
+
+def fit_reason(text: str, limit: int) -> str:
+    """``text`` in ``limit`` characters: whole if it fits, else cut at a boundary: after
+    its last clause (``; ``: one cause of several, a replica's) in the second half of
+    what fits, else after its last word (within one only when it is longer than half of
+    that), `` ...`` marking the cut. Reasons say their cause first (``reasons``): what
+    is cut is detail (an address, a hint), which the log has whole. (Until session 44 a
+    reason was cut at character 197 whatever it was: ``... 127.0.0.1:2: Faile...``.)"""
+    if len(text) <= limit:
+        return text
+    room = limit - len(CUT_MARK)
+    head = text[: room + 1]
+    at = head.rfind("; ")
+    if at < room // 2:
+        at = head.rfind(" ")
+    kept = text[:at] if at >= room // 2 else text[:room]  # else a word longer than half
+    return kept.rstrip(" ,;:") + CUT_MARK
 
 
 # A node name as Slurm's hostlist reads it: a prefix, then a numeric suffix (up to 9
