@@ -301,3 +301,50 @@ def test_check_says_what_it_took_from_this_shell_that_slurmctld_does_not_pass(
     )
     assert run("check", "c1") == 0
     assert "slurmctld does not pass" not in capsys.readouterr().out
+
+
+COUNTED = """#!/bin/sh
+echo "$1 $2" >> {calls}
+case "$1 $2" in
+"show config")
+  echo 'AuthType                = auth/munge'
+  echo 'ResumeTimeout           = 600 sec'
+  echo 'SlurmctldPort           = 6817'
+  ;;
+"show partition") echo 'PartitionName=p1 Nodes=c[1-2] State=UP' ;;
+"show node")
+  echo 'NodeName=c1 Arch=x86_64 State=IDLE+CLOUD+POWERED_DOWN Partitions=p1'
+  echo 'Node c2 not found'
+  exit 1
+  ;;
+*) exit 1 ;;
+esac
+"""
+
+
+def counted(run: Run) -> Path:
+    """A scontrol that notes each call's first two words in the file returned."""
+    calls = run.tmp / "calls"
+    fake = run.tmp / "scontrol"
+    fake.write_text(COUNTED.replace("{calls}", str(calls)))
+    fake.chmod(0o755)
+    run.scontrol = Scontrol(str(fake))
+    return calls
+
+
+def test_check_reads_slurm_conf_once(run: Run) -> None:
+    """check ran `scontrol show config` four times (AuthType, SlurmctldPort, ResumeTimeout,
+    SlurmUser), each a call to slurmctld: once a run."""
+    calls = counted(run)
+    assert run("check", "c1") == 0
+    assert calls.read_text().splitlines().count("show config") == 1
+
+
+def test_check_warns_of_an_unknown_node_once(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    """check logged `scontrol show node -o c[1-2]: Node c2 not found` three times (for the
+    nodes' states, features and ResumeTimeout): once."""
+    counted(run)
+    assert run("check", "c[1-2]") == 1
+    got = capsys.readouterr()
+    assert "c2: scontrol show node says 'not found'" in got.out
+    assert got.err.count("Node c2 not found") == 1, got.err

@@ -24,20 +24,18 @@ def test_a_revoked_identity_reaches_slurm_for_every_command(run: Run) -> None:
     assert run("resume", "c1") == 0
     run.service.refusal = REVOKED
     assert run("resume", "c[2-3]") == 1
-    reason = (
-        "ws: the workspace service refused ws-slurm: the certificate of user:slurm has been revoked"
-    )
+    reason = "ws: service refused ws-slurm: the certificate of user:slurm has been revoked"
     assert run.scontrol.down == {"c2": reason, "c3": reason}
     assert run.scontrol.powered_down == ["c2", "c3"]  # their jobs requeued now
     assert run("suspend", "c1") == 1
     assert run.scontrol.down["c1"] == (
-        "ws: suspend could not check for its workspace: the workspace service refused "
-        "ws-slurm: the certificate of user:slurm has been revoked"
+        "ws: suspend could not check for its workspace: service refused ws-slurm: the "
+        "certificate of user:slurm has been revoked"
     )
     assert run("resume-fail", "c4") == 1
     assert run.scontrol.down["c4"].startswith(
-        "ws: did not register in ResumeTimeout; could not clean up: the workspace service "
-        "refused ws-slurm: the certificate"
+        "ws: did not register in ResumeTimeout; could not clean up: service refused "
+        "ws-slurm: the certificate"
     )
 
 
@@ -184,7 +182,7 @@ def test_an_unreachable_service_mid_suspend_fails_the_rest(
     assert run.names() == ["c2", "c3"]
     assert set(run.scontrol.down) == {"c2", "c3"}
     assert run.scontrol.down["c2"].startswith(
-        "ws: suspend could not destroy workspace c2: the workspace service cannot be reached"
+        "ws: suspend could not destroy workspace c2: service unreachable"
     )
 
 
@@ -341,9 +339,7 @@ def test_a_service_that_does_not_answer_is_not_a_refusal(
     run.service.refusal = deadline()
     assert run("resume", "c[1-2]") == 3
     reason = run.scontrol.down["c1"]
-    assert reason.startswith("ws: the workspace service cannot be reached: it did not answer"), (
-        reason
-    )
+    assert reason.startswith("ws: service unreachable: it did not answer"), reason
     assert "refused" not in reason
     # It stops answering mid-resume: the nodes not tried yet are not each given another
     # timeout (slurmctld waits for ResumeProgram), they are DOWN with the same words.
@@ -357,7 +353,7 @@ def test_a_service_that_does_not_answer_is_not_a_refusal(
     monkeypatch.setattr(run.service, "create_workspace", hung)
     assert run("resume", "c[3-4]") == 3
     assert run.service.calls[calls:] == ["list", "create c3"]
-    assert run.scontrol.down["c4"].startswith("ws: the workspace service cannot be reached")
+    assert run.scontrol.down["c4"].startswith("ws: service unreachable")
 
 
 def test_a_node_slurm_no_longer_knows_does_not_stop_the_cleanup_of_the_others(

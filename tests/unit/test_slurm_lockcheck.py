@@ -119,3 +119,30 @@ def test_check_passes_a_lock_directory_slurm_user_can_make(
     assert run("check", "c1") == 0
     assert "lock file" not in capsys.readouterr().out
     assert not run.lock.parent.exists()
+
+
+def test_check_runs_as_a_uid_without_a_name(
+    run: Run, open_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check in a container, as a uid no passwd entry names, and without SlurmUser from
+    scontrol: it failed with KeyError (`failed unexpectedly`) instead of checking the
+    lock file as that uid; it names the uid, in the fix too."""
+    real = pwd.getpwuid
+
+    def getpwuid(uid: int) -> pwd.struct_passwd:
+        if uid == 4242:
+            raise KeyError(f"getpwuid(): uid not found: {uid}")
+        return real(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+    assert run("check", "c1") == 1
+    got = capsys.readouterr()
+    out = got.out
+    assert (
+        f"lock file {run.lock}: directory {run.lock.parent} does not exist, and you (uid "
+        f"4242, no name; scontrol did not say who SlurmUser is) cannot make it ({open_dir} "
+        "is not writable by 4242)"
+    ) in out, out
+    assert "make it: install -d -o 4242 -g " in out
+    assert "failed unexpectedly" not in got.err

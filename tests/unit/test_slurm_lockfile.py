@@ -174,3 +174,22 @@ def test_the_cli_module_runs_as_a_program() -> None:
         timeout=60,
     )
     assert (out.returncode, out.stdout.split()[0]) == (0, "ws-slurm"), out
+
+
+def test_the_directories_ws_slurm_makes_are_its_own(run: Run, umask: None) -> None:
+    """A lock file and a log file in directories that are not there yet: every directory
+    made for the lock file is 0700 (only the last was; the ones above it were 0755), and
+    every one made for the log file 0750 (they were 0755: any local user could list
+    them), its group reaching the 0640 log."""
+    lock = run.tmp / "srv" / "ws" / "state" / "nodes.lock"
+    log = run.tmp / "logs" / "ws" / "ws-slurm.log"
+    text = run.config.read_text().replace(str(run.lock), str(lock))
+    run.config.write_text(text.replace(str(run.log), str(log)))
+    run.log = log
+    assert run("suspend", "c1") == 0
+    assert "suspend c1" in run.text()
+    made = [run.tmp / "srv", run.tmp / "srv" / "ws", lock.parent]
+    assert [oct(_mode(d)) for d in made] == [oct(0o700)] * 3
+    assert [oct(_mode(d)) for d in (run.tmp / "logs", log.parent)] == [oct(0o750)] * 2
+    assert _mode(lock) == 0o600
+    assert _mode(log) == 0o640

@@ -352,8 +352,7 @@ def test_an_unreachable_service_marks_the_nodes_down(run: Run) -> None:
     assert "cannot reach the workspace service" in run.scontrol.down["c1"]
     assert run("resume-fail", "c3") == 3
     assert run.scontrol.down["c3"].startswith(
-        "ws: did not register in ResumeTimeout; could not clean up: the workspace service "
-        "cannot be reached"
+        "ws: did not register in ResumeTimeout; could not clean up: service unreachable"
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tests.unit.test_slurm_program import Run, run
 from workspace import errors
-from workspace.slurm.program import fail_reason
+from workspace.slurm.reasons import fail_reason
 from workspace.v1 import common_pb2
 
 __all__ = ["run"]  # the fixture, used here
@@ -104,7 +104,7 @@ def test_a_dead_workspace_that_cannot_be_destroyed_is_told_to_slurm(run: Run) ->
     # The service goes away while replacing: the node DOWN as for any unreachable service.
     run.service.undestroyable[old.id] = errors.Unavailable("connection refused")
     assert run("resume", "c1") == 3
-    assert run.scontrol.down["c1"].startswith("ws: the workspace service cannot be reached")
+    assert run.scontrol.down["c1"].startswith("ws: service unreachable")
 
 
 def test_a_workspace_on_a_node_that_stopped_reporting_is_replaced(run: Run) -> None:

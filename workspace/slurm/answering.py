@@ -32,7 +32,7 @@ NO_ANSWER = "DEADLINE_EXCEEDED"
 class Answering:
     """The service as ws-slurm calls it: a call it did not answer within ``timeout_s``
     (DEADLINE_EXCEEDED: a hung or overloaded service) is the service being away
-    (``errors.Unavailable``: exit 3, "cannot be reached" in Slurm, the nodes not tried
+    (``errors.Unavailable``: exit 3, "service unreachable" in Slurm, the nodes not tried
     yet not each given another timeout), not a refusal of ws-slurm or of a create."""
 
     def __init__(self, client: Service, timeout_s: float) -> None:

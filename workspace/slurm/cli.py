@@ -25,7 +25,7 @@ failed (the log says what), 2 usage or config error (a config file, identity dir
 or lock file that cannot be read), 3 the service cannot be reached. Whatever stops
 resume, suspend or resume-fail from doing its work (config, identity, lock file,
 service) is also told to Slurm: the nodes are marked DOWN with a ``ws: ``
-reason (``program.fail_nodes``), for scontrol needs no ws-slurm config.
+reason (``reasons.fail_nodes``), for scontrol needs no ws-slurm config.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ from workspace import errors, version
 from workspace.cli import common
 from workspace.client import IDENTITY_ENV, Client
 from workspace.client_address import ServiceNotConfigured
-from workspace.slurm import program
+from workspace.slurm import program, reasons
 from workspace.slurm.check import Images, check
+from workspace.slurm.dirs import LOG_DIR_MODE, make_dirs
 from workspace.slurm.hostlist import HostlistError
 from workspace.slurm.nodelock import NodeLocks
 from workspace.slurm.resumefile import (
@@ -133,7 +134,7 @@ def setup_logging(path: str | None, stderr: bool = False) -> None:
     handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if path is not None:
         try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(Path(path).parent, LOG_DIR_MODE)
             # Made 0640 if missing (README's install -m 0640): FileHandler would make it
             # 0644, every local user reading the nodes' failures and the service's answers.
             os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640))
@@ -262,7 +263,7 @@ def config_failed(
             nodes = sc.hostnames(hostlist)
         except HostlistError:
             nodes = []
-        program.fail_nodes(sc, command, nodes, config_reason(str(exc)))
+        reasons.fail_nodes(sc, command, nodes, config_reason(str(exc)))
     return EXIT_USAGE
 
 
@@ -332,8 +333,8 @@ def _main(argv: list[str] | None, client: program.Service | None, scontrol: Scon
         locks.close()
         config = isinstance(exc, errors.ConfigError)
         log.error("%s: %s", args.command, exc.message)
-        why = config_reason(exc.message) if config else program.service_problem(exc)
-        program.fail_nodes(sc, args.command, nodes, why)
+        why = config_reason(exc.message) if config else reasons.service_problem(exc)
+        reasons.fail_nodes(sc, args.command, nodes, why)
         return EXIT_USAGE if config else program.EXIT_UNREACHABLE
     prog = program.Program(service, s, sc, locks, started=started)
     try:

@@ -11,7 +11,8 @@ runs as whoever runs it, often root, and what it made would be root's, which Slu
 could not open (the very failure it is there to find). The permission bits are read as
 the kernel reads them for SlurmUser's uid and groups (root may do anything); ACLs and
 read-only mounts are not looked at. Without SlurmUser (scontrol cannot tell, or it is no
-user of this host) the user running ``check`` is taken for it.
+user of this host) the user running ``check`` is taken for it (by its uid in a container
+whose passwd does not name it).
 """
 
 from __future__ import annotations
@@ -72,7 +73,19 @@ def runs_as(slurm_user: tuple[str, int | None] | None) -> RunsAs:
             return _user(pw, f"SlurmUser {name}")
     why = "scontrol did not say who SlurmUser is" if slurm_user is None else (
         f"SlurmUser {slurm_user[0]} is no user of this host")  # fmt: skip
-    me = pwd.getpwuid(os.geteuid())
+    uid = os.geteuid()
+    try:
+        me = pwd.getpwuid(uid)
+    except KeyError:
+        # A uid without a name (a container's): named by its number, which install and
+        # chown take too (as nodelock names it).
+        gid = os.getegid()
+        try:
+            group = grp.getgrgid(gid).gr_name
+        except KeyError:
+            group = str(gid)
+        gids = frozenset({gid, *os.getgroups()})
+        return RunsAs(str(uid), uid, group, gids, f"you (uid {uid}, no name; {why})")
     return _user(me, f"you ({me.pw_name}; {why})")
 
 

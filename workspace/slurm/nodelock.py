@@ -9,8 +9,9 @@ takes a node whose lock is free, and looks at its state again under the lock.
 
 The locks are Linux open-file-description locks (``F_OFD_SETLK``) on one byte each, at an
 offset drawn from the node's name, of the **lock file** (``lock_file`` in the config,
-default /var/lib/ws-slurm/nodes.lock): a file of their own, made 0600 (its directory 0700)
-when missing, that every run (slurmctld's, as SlurmUser, and an admin's by hand) opens.
+default /var/lib/ws-slurm/nodes.lock): a file of their own, made 0600 (its directory, and
+any missing above it, 0700: ``dirs``) when missing, that every run (slurmctld's, as
+SlurmUser, and an admin's by hand) opens.
 Until session 43 they were on the log file: a log rotated by renaming while a run held
 its locks let a newer run lock the new file (two runs on one node), and no log file meant
 no locks at all. Nothing renames the lock file; a run that cannot open it fails
@@ -34,6 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from workspace import errors
+from workspace.slurm.dirs import LOCK_DIR_MODE, make_dirs
 from workspace.slurm.lockcheck import owner
 
 POLL_S = 0.1  # how often a busy lock is tried again
@@ -99,7 +101,7 @@ class NodeLocks:
             raise LockFileError("ws-slurm's node locks need Linux (open file description locks)")
         where = Path(self.path)
         try:
-            where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_dirs(where.parent, LOCK_DIR_MODE)
             self.fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             why = exc.strerror or str(exc)

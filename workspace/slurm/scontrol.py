@@ -51,6 +51,7 @@ RETRY_PAUSE_S = 1.0
 ADDRESS_CHUNK = 200  # nodes per NodeAddr update (one argument of ~20 characters each)
 REASON_PREFIX = "ws: "
 MAX_REASON = 200
+CUT_MARK = " ..."  # where a reason too long for Slurm was cut (``fit_reason``)
 MAX_LOGGED_ARG = 120
 NOT_FOUND = re.compile(r"^Node (\S+) not found")  # scontrol show node of an unknown node
 # Where a bare ``scontrol`` is looked for when the environment has no PATH: slurmctld runs
@@ -74,11 +75,26 @@ def find(command: str, path: str | None = None) -> str | None:
 
 def reason_text(text: str) -> str:
     """A node reason as ws-slurm sets it: ``ws: ...``, one line, at most 200 characters
-    (``sinfo -R`` shows the first 20, ``scontrol show node`` all of it)."""
-    one = " ".join(text.split())
-    if len(one) > MAX_REASON - len(REASON_PREFIX):
-        one = one[: MAX_REASON - len(REASON_PREFIX) - 3] + "..."
-    return REASON_PREFIX + one
+    (``sinfo -R`` shows the first 20, ``scontrol show node`` all of it): ``fit_reason``."""
+    return REASON_PREFIX + fit_reason(" ".join(text.split()), MAX_REASON - len(REASON_PREFIX))
+
+
+def fit_reason(text: str, limit: int) -> str:
+    """``text`` in ``limit`` characters: whole if it fits, else cut at a boundary: after
+    its last clause (``; ``: one cause of several, a replica's) in the second half of
+    what fits, else after its last word (within one only when it is longer than half of
+    that), `` ...`` marking the cut. Reasons say their cause first (``reasons``): what
+    is cut is detail (an address, a hint), which the log has whole. (Until session 44 a
+    reason was cut at character 197 whatever it was: ``... 127.0.0.1:2: Faile...``.)"""
+    if len(text) <= limit:
+        return text
+    room = limit - len(CUT_MARK)
+    head = text[: room + 1]
+    at = head.rfind("; ")
+    if at < room // 2:
+        at = head.rfind(" ")
+    kept = text[:at] if at >= room // 2 else text[:room]  # else a word longer than half
+    return kept.rstrip(" ,;:") + CUT_MARK
 
 
 # A node name as Slurm's hostlist reads it: a prefix, then a numeric suffix (up to 9
@@ -112,6 +128,8 @@ class Scontrol:
         self.spent_s = 0.0  # in failed scontrol calls (and between tries) so far
         self._said_missing = False
         self._said_spent = False
+        self._said: set[str] = set()  # the lines of an answer that are no answer, logged
+        self._config: list[str | None] = []  # ``show config``'s answer, once asked
 
     def left_s(self) -> float:
         """What this run may still spend in scontrol calls that fail."""
@@ -170,9 +188,13 @@ class Scontrol:
             log.warning("scontrol %s: %s", _shown(args), exc)
             return None
         if proc.returncode != 0 and partial and _answered(proc.stdout, partial, asked):
-            rest = _not_partial(proc.stdout, partial)
+            # ``Node c2 not found`` once a run, not for each look at the nodes (check
+            # looks at their states, features and ResumeTimeout).
+            rest = [line for line in _not_partial(proc.stdout, partial) if line not in self._said]
+            self._said.update(rest)
             if rest:
-                log.warning("scontrol %s: %s", _shown(args), _cut(rest, 4 * MAX_LOGGED_ARG))
+                said = _cut("; ".join(rest), 4 * MAX_LOGGED_ARG)
+                log.warning("scontrol %s: %s", _shown(args), said)
             return proc.stdout
         if proc.returncode != 0:
             self.spent_s += time.monotonic() - start
@@ -270,7 +292,7 @@ class Scontrol:
         highest of the node's partitions that set one, else the cluster's. A node whose
         timeout is INFINITE (or that scontrol does not show) is left out."""
         shown = self._show(list(nodes))
-        config = self._run("show", "config")
+        config = self.config()
         parts = self._run("show", "partition", "-o")
         if shown is None or config is None or parts is None:
             return None
@@ -297,10 +319,18 @@ class Scontrol:
                 found[node] = (cluster, "slurm.conf")
         return found
 
+    def config(self) -> str | None:
+        """``scontrol show config`` (None: scontrol failed), asked once a run: slurm.conf
+        does not change under a run, and ``check`` reads four of its values (a failed
+        call is not made again either)."""
+        if not self._config:
+            self._config.append(self._run("show", "config"))
+        return self._config[0]
+
     def config_value(self, key: str) -> str | None:
         """One of ``scontrol show config``'s values (``AuthType = auth/none``): None when
         scontrol cannot tell or does not show it."""
-        for line in (self._run("show", "config") or "").splitlines():
+        for line in (self.config() or "").splitlines():
             name, eq, value = line.partition("=")
             if eq and name.strip() == key:
                 return value.strip()
@@ -387,9 +417,9 @@ def _answered(out: str, partial: str, asked: Collection[str]) -> bool:
     return _has(out, partial) or (bool(found) and all(m and m[1] in asked for m in found))
 
 
-def _not_partial(out: str, partial: str) -> str:
-    """The lines of ``out`` that are not answers (``Node c9 not found``), on one line."""
-    return "; ".join(line for line in out.splitlines() if line and not line.startswith(partial))
+def _not_partial(out: str, partial: str) -> list[str]:
+    """The lines of ``out`` that are not answers (``Node c9 not found``)."""
+    return [line for line in out.splitlines() if line and not line.startswith(partial)]
 
 
 def _cut(text: str, limit: int) -> str:
