@@ -5,13 +5,17 @@ read it by that name, but act on it (destroy, stop, ...) only by its id or OWNER
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.functional.harness import WS, SitePki, TlsSite
+from tests.functional.harness import WS, SitePki, TlsSite, wait_for
 from workspace.cli.ws import main as ws_main
+from workspace.domain import booting
 from workspace.v1 import (
     clusters_pb2,
     common_pb2,
@@ -24,23 +28,32 @@ from workspace.v1 import (
 WS_RUNNING = common_pb2.DESIRED_STATE_RUNNING
 WS_STOPPED = common_pb2.DESIRED_STATE_STOPPED
 WS_TERMINATED = common_pb2.DESIRED_STATE_TERMINATED
+CS = clusters_pb2.ClusterState
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[TlsSite]:
-    s = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"))
+@contextmanager
+def _physics_site(tmp_path: Path, on_expiry: int = 0, **service_kw: Any) -> Iterator[TlsSite]:
+    """A site whose project physics has alice and bob; on its node a member of a role
+    ``bad`` fails to be made, and workspace ``bare`` has no guest agent."""
+    s = TlsSite(tmp_path / "site", SitePki(tmp_path / "pki"), **service_kw)
     try:
         s.stubs.network()
         s.stubs.import_image("img")
         s.stubs.images.SetImagePublic(images_pb2.SetImagePublicRequest(name="img", public=True))
-        s.add_agent("node1")
+        s.add_agent("node1", fake={"fail_create": ["*-bad-*"], "no_guest_agent": ["bare"]})
         projects = projects_pb2_grpc.ProjectsStub(s.stubs.channel)
-        projects.CreateProject(projects_pb2.Project(name="physics"))
+        projects.CreateProject(projects_pb2.Project(name="physics", on_expiry=on_expiry))
         for user in ("alice", "bob"):
             projects.AddProjectUser(projects_pb2.ProjectUserRequest(project="physics", user=user))
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[TlsSite]:
+    with _physics_site(tmp_path) as s:
+        yield s
 
 
 def _as(site: TlsSite, user: str, admin: bool = False) -> list[str]:
@@ -238,3 +251,126 @@ def test_a_hint_names_a_colleagues_workspace_as_owner_name(
     capsys.readouterr()
     assert ws_main([*_as(site, "alice"), "exec", "web1", "--", "true"]) == 1
     assert "`ws start web1` first" in capsys.readouterr().err
+
+
+def _cluster(site: TlsSite, name: str, *roles: str, **kw: Any) -> str:
+    """alice's cluster ``name`` in project physics, one member of each role; its id."""
+    members = [
+        clusters_pb2.ClusterMember(role=r, image="img", memory_mib=64, count=1) for r in roles
+    ]
+    alice = site.identity("alice", projects=("physics",))
+    req = clusters_pb2.CreateClusterRequest(name=name, members=members, project="physics", **kw)
+    return alice.clusters.CreateCluster(req).id
+
+
+def _cluster_state(site: TlsSite, cid: str) -> int:
+    return site.stubs.clusters.GetCluster(clusters_pb2.ClusterRef(id=cid)).state
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """What ws says on stderr for ``argv``, which it refuses (exit 1)."""
+    capsys.readouterr()
+    assert ws_main(argv) == 1
+    return capsys.readouterr().err
+
+
+def test_a_clusters_hint_names_a_colleagues_as_owner_name(
+    site: TlsSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An admin who scales alice/mpi is told the command to run first (`ws cluster start
+    mpi`, `ws cluster destroy mpi`): by the bare name it would act on the admin's own
+    mpi, or be refused as a guess; the hint says alice/mpi. Alice is told mpi."""
+    cid = _cluster(site, "mpi", "worker")
+    wait_for(lambda: _cluster_state(site, cid) == CS.CLUSTER_STATE_RUNNING, what="RUNNING")
+    site.stubs.clusters.StopCluster(clusters_pb2.ClusterRef(id=cid))
+    wait_for(lambda: _cluster_state(site, cid) == CS.CLUSTER_STATE_STOPPED, what="STOPPED")
+    admin = _as(site, site.cfg.default_owner, admin=True)
+    scale = ["cluster", "scale", "alice/mpi", "--role", "worker", "--count"]
+    err = _error(capsys, [*admin, *scale, "2"])
+    assert (
+        "(its new members would run beside stopped ones); `ws cluster start alice/mpi` first" in err
+    )
+    err = _error(capsys, [*admin, *scale, "0"])
+    assert "would leave no member; `ws cluster destroy alice/mpi` removes the cluster" in err
+    err = _error(capsys, [*_as(site, "alice"), "cluster", "scale", "mpi", *scale[3:], "2"])
+    assert "`ws cluster start mpi` first" in err
+    # A cluster torn down after a member failed: only a destroy ends it.
+    tid = _cluster(site, "tear", "good", "bad", on_failure=clusters_pb2.FAILURE_POLICY_TEARDOWN)
+    wait_for(lambda: _cluster_state(site, tid) == CS.CLUSTER_STATE_FAILED, what="FAILED")
+    gone = "`ws cluster destroy alice/tear` removes it"
+    for argv in (
+        ["cluster", "start", "alice/tear"],
+        ["cluster", "scale", "alice/tear", "--role", "good", "--count", "2"],
+        ["cluster", "autoscale", "alice/tear", "--role", "good", "--off"],
+    ):
+        assert gone in _error(capsys, [*admin, *argv]), argv
+    err = _error(capsys, [*_as(site, "bob"), "cluster", "start", tid])
+    assert gone in err  # a colleague's by its id: named as OWNER/NAME too
+    err = _error(capsys, [*_as(site, "alice"), "cluster", "start", "tear"])
+    assert "`ws cluster destroy tear` removes it" in err
+
+
+def test_a_lease_hint_names_a_colleagues_as_owner_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A start (a cluster's, a grow) or a save after the lease ended is told `ws lease
+    extend NAME DURATION` first: for an admin's of alice/web1 (alice/mpi) the hint said
+    web1 (mpi), which extends the admin's own if there is one."""
+    # No lease pass while the test runs: the ended leases stay ended, nothing destroyed.
+    with _physics_site(
+        tmp_path, projects_pb2.LEASE_ACTION_DESTROY, lease_check_interval_s=3600
+    ) as site:
+        alice = site.identity("alice", projects=("physics",))
+        w = alice.create(name="web1", memory_mib=64, project="physics", lease_s=2)
+        cid = _cluster(site, "mpi", "worker", lease_s=2)
+        alice.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+        wait_for(lambda: _cluster_state(site, cid) == CS.CLUSTER_STATE_RUNNING, what="RUNNING")
+        alice.ws.StopWorkspace(workspaces_pb2.StopWorkspaceRequest(id=w.id))
+        alice.clusters.StopCluster(clusters_pb2.ClusterRef(id=cid))
+        alice.wait_state(w.id, WS.WORKSPACE_STATE_STOPPED)
+        wait_for(lambda: _cluster_state(site, cid) == CS.CLUSTER_STATE_STOPPED, what="STOPPED")
+        end = max(w.lease_expires_at.ToSeconds(), alice.get(w.id).lease_expires_at.ToSeconds())
+        wait_for(lambda: time.time() > end + 1, what="the leases to end")
+        admin = _as(site, site.cfg.default_owner, admin=True)
+        for argv, hint in (
+            (["start", "alice/web1"], "`ws lease extend alice/web1 DURATION` first"),
+            (
+                ["image", "save", "alice/web1", "web1img:1"],
+                "`ws lease extend alice/web1 DURATION` first",
+            ),
+            (["cluster", "start", "alice/mpi"], "`ws lease extend alice/mpi DURATION` first"),
+            (
+                ["cluster", "scale", "alice/mpi", "--role", "worker", "--count", "2"],
+                "`ws lease extend alice/mpi DURATION` first (every member's)",
+            ),
+        ):
+            err = _error(capsys, [*admin, *argv])
+            assert "lease ended at" in err and hint in err, (argv, err)
+        mine = _as(site, "alice")
+        assert "`ws lease extend web1 DURATION` first" in _error(capsys, [*mine, "start", "web1"])
+        err = _error(capsys, [*mine, "cluster", "start", "mpi"])
+        assert "`ws lease extend mpi DURATION` first" in err
+
+
+def test_a_guest_agent_hint_names_a_colleagues_as_owner_name(
+    site: TlsSite, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exec in a guest with no guest agent, past its boot window, points at the
+    console: `ws console bare --attach` of an admin attached to their own bare."""
+    monkeypatch.setattr(booting, "BOOT_WINDOW_S", 1.0)
+    alice = site.identity("alice", projects=("physics",))
+    w = alice.create(name="bare", memory_mib=64, project="physics")
+    alice.wait_state(w.id, WS.WORKSPACE_STATE_RUNNING)
+    mine = [*_as(site, "alice"), "exec", "bare", "--", "true"]
+    said: list[str] = []
+
+    def plainly() -> bool:
+        """Within the window the service says it may still be booting; past it, plainly."""
+        said.append(_error(capsys, mine))
+        return "most likely lacks" in said[-1]
+
+    wait_for(plainly, what="the boot window to end")
+    assert "(`ws console bare --attach` reaches it)" in said[-1]
+    admin = _as(site, site.cfg.default_owner, admin=True)
+    err = _error(capsys, [*admin, "exec", "alice/bare", "--", "true"])
+    assert "lacks qemu-guest-agent (`ws console alice/bare --attach` reaches it)" in err

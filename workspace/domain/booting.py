@@ -30,11 +30,13 @@ def no_guest_agent_yet(name: str) -> str:
     )
 
 
-def no_guest_agent_since(name: str, up_s: float) -> str:
-    """No guest agent has answered in the ``up_s`` seconds since the guest started."""
+def no_guest_agent_since(name: str, up_s: float, named: str = "") -> str:
+    """No guest agent has answered in the ``up_s`` seconds since the guest started.
+    ``named``: how the caller names the workspace in the hint (OWNER/NAME for another
+    user's; ``name`` by default)."""
     return (
         f"{NO_GUEST_AGENT} has answered in workspace {name} since it started {up_s:.0f} s "
-        f"ago: its image most likely lacks qemu-guest-agent (`ws console {name} --attach` "
+        f"ago: its image most likely lacks qemu-guest-agent (`ws console {named or name} --attach` "
         "reaches it)"
     )
 

@@ -46,7 +46,7 @@ from workspace.identity import Identity
 from workspace.ops import grow_rights, refusals
 from workspace.ops.cluster_scale import check_scalable, live, role_spec, scale_in
 from workspace.ops.cluster_state import members_of, torn_down
-from workspace.ops.clusters import MAX_MEMBERS, resolve, view
+from workspace.ops.clusters import MAX_MEMBERS, hint_name, resolve, view
 from workspace.ops.projects import as_identity
 from workspace.ops.unit import Env, write
 from workspace.store import Cluster
@@ -119,7 +119,7 @@ def set_autoscale(
         # It scales the cluster (down too) from now on: by a bare name, as a shrinking
         # scale, only the caller's own cluster (ops/lifecycle.py ``choose_owned``).
         c = resolve(u.s, who, ref, acting="autoscale")
-        check_scalable(c)
+        check_scalable(c, hint_name(who, c))
         role_spec(c, role)
         stored = dict(c.autoscale or {})
         if off:

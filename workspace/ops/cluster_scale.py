@@ -35,7 +35,7 @@ from workspace.identity import Identity
 from workspace.ops import grow_rights, keys, seeds
 from workspace.ops.admission import admit
 from workspace.ops.cluster_state import destroy_member, members_of, refresh, torn_down
-from workspace.ops.clusters import MAX_MEMBERS, resolve, view
+from workspace.ops.clusters import MAX_MEMBERS, hint_name, resolve, view
 from workspace.ops.create import check_networks, check_spec, check_wait, new_row
 from workspace.ops.projects import (
     acting_scope,
@@ -71,19 +71,21 @@ def role_spec(c: Cluster, role: str) -> MemberSpec:
     raise InvalidArgument(f"cluster {c.name} has no role {role!r} (its roles: {roles})")
 
 
-def check_scalable(c: Cluster) -> None:
+def check_scalable(c: Cluster, named: str = "") -> None:
+    """``named``: how the caller names ``c`` in a hint (``clusters.hint_name``; its name
+    by default, as the owner and what the service stores name it)."""
     if c.state in _GONE:
         raise FailedPrecondition(f"cluster {c.name} is {c.state}: it cannot be scaled")
     if torn_down(c):
         raise FailedPrecondition(
             f"cluster {c.name} is FAILED and was torn down ({c.reason}): it cannot be "
-            f"scaled; `ws cluster destroy {c.name}` removes it"
+            f"scaled; `ws cluster destroy {named or c.name}` removes it"
         )
 
 
-def check_growable(c: Cluster) -> None:
+def check_growable(c: Cluster, named: str = "") -> None:
     """New members boot and run: beside a cluster's stopped members they would leave it
-    neither RUNNING nor STOPPED (STARTING for good)."""
+    neither RUNNING nor STOPPED (STARTING for good). ``named``: as ``check_scalable``."""
     if c.state == ClusterState.PENDING.value:
         # Placed all or nothing: a new member placed at once (on the very nodes the
         # waiting ones hold) left the cluster partly running and no longer said it waits.
@@ -94,11 +96,11 @@ def check_growable(c: Cluster) -> None:
     if c.state in (ClusterState.STOPPED.value, ClusterState.STOPPING.value):
         raise FailedPrecondition(
             f"cannot grow cluster {c.name}: it is {c.state} (its new members would run "
-            f"beside stopped ones); `ws cluster start {c.name}` first"
+            f"beside stopped ones); `ws cluster start {named or c.name}` first"
         )
 
 
-def check_count(c: Cluster, role: str, count: int, others: int) -> None:
+def check_count(c: Cluster, role: str, count: int, others: int, named: str = "") -> None:
     if count < 0:
         raise InvalidArgument(
             f"cluster {c.name}, role {role}: count must be 0 or more, not {count}"
@@ -106,7 +108,7 @@ def check_count(c: Cluster, role: str, count: int, others: int) -> None:
     if others + count == 0:
         raise InvalidArgument(
             f"cluster {c.name}: scaling {role} to 0 would leave no member; "
-            f"`ws cluster destroy {c.name}` removes the cluster"
+            f"`ws cluster destroy {named or c.name}` removes the cluster"
         )
     if others + count > MAX_MEMBERS:
         raise InvalidArgument(
@@ -133,7 +135,8 @@ def scale(
             # caller's own cluster (ops/lifecycle.py ``DISRUPTIVE``); a colleague's by
             # its id or OWNER/NAME. A grow or a read still finds a colleague's by name.
             c = resolve(u.s, who, ref, acting="scale down")
-        result = scale_in(env, u, c, role, count, wait_s, why, as_identity(who))
+        named = hint_name(who, c)
+        result = scale_in(env, u, c, role, count, wait_s, why, as_identity(who), named)
         shown = view(u.s, c)
     if result.added or result.removed:
         log.info("cluster %s (%s): %s", c.id, c.name, result.message)
@@ -149,17 +152,20 @@ def scale_in(
     wait_s: int,
     why: str,
     actor: Identity | None = None,
+    named: str = "",
 ) -> ScaleResult:
     """The scale in ``u``'s transaction (the autoscaler calls it too). ``actor``: who
     grows the cluster (the caller; for the autoscaler, whoever turned it on): new
-    members may use an image it or the owner sees (projects.acting_scope)."""
+    members may use an image it or the owner sees (projects.acting_scope). ``named``:
+    how the caller names ``c`` in a hint (``check_scalable``); the autoscaler's
+    refusals, stored on the cluster for whoever reads it, keep its name."""
     s = u.s
-    check_scalable(c)
+    check_scalable(c, named)
     spec = role_spec(c, role)
     members = members_of(s, c.id)
     mine = live([w for w in members if w.role == role])
     others = len(live([w for w in members if w.role != role]))
-    check_count(c, role, count, others)
+    check_count(c, role, count, others, named)
     previous = len(mine)
     asked = spec.count  # more than ``previous`` when members were destroyed on their own
     if count == previous and asked == count:
@@ -173,7 +179,7 @@ def scale_in(
     added: list[Workspace] = []
     removed: list[Workspace] = []
     if count > previous:
-        added = _grow(env, u, c, spec, members, mine, count - previous, wait_s, actor)
+        added = _grow(env, u, c, spec, members, mine, count - previous, wait_s, actor, named)
     elif count < previous:
         removed = _shrink(env, u, role, mine, previous, count)
     _set_count(c, role, count)
@@ -238,6 +244,7 @@ def _grow(
     n: int,
     wait_s: int,
     actor: Identity | None,
+    named: str,
 ) -> list[Workspace]:
     s = u.s
     # New members are charged to the project, as a create in it would be, and a create
@@ -261,9 +268,9 @@ def _grow(
         # and run until the next lease pass, where a start is refused.
         raise FailedPrecondition(
             f"cannot scale cluster {c.name}: its lease ended at {iso_time(ended)}; "
-            f"`ws lease extend {c.name} DURATION` first (every member's)"
+            f"`ws lease extend {named or c.name} DURATION` first (every member's)"
         )
-    check_growable(c)  # after the lease: once it is extended, `ws cluster start` is next
+    check_growable(c, named)  # after the lease: once it is extended, `ws cluster start` is next
     rows: list[Workspace] = []
     for i in free_indices(members, spec.role, n):
         asked = CreateSpec(

@@ -33,7 +33,7 @@ from workspace.ops.cluster_state import (
 )
 from workspace.ops.create import check_networks, check_not_id, check_spec, check_wait, new_row
 from workspace.ops.image_refs import may_use
-from workspace.ops.lifecycle import DISRUPTIVE, resolve_owned, waiting
+from workspace.ops.lifecycle import DISRUPTIVE, named_for, resolve_owned, waiting
 from workspace.ops.operate import admissible, apply, check_trust
 from workspace.ops.projects import (
     Scope,
@@ -137,6 +137,12 @@ def as_seen_by(view: ClusterView, who: Identity | str) -> ClusterView:
 
 def resolve(s: Session, who: Identity | str, ref: str, acting: str = "") -> Cluster:
     return resolve_owned(s, Cluster, who, ref, "cluster", "ws cluster list", acting)
+
+
+def hint_name(who: Identity | str, c: Cluster) -> str:
+    """How ``who`` names cluster ``c`` in a hint (`ws cluster destroy NAME`): its name if
+    it is theirs, else OWNER/NAME (lifecycle ``named_for``, as for a workspace)."""
+    return named_for(as_identity(who), c.owner, c.name)
 
 
 def check_request(req: ClusterRequest) -> None:
@@ -382,6 +388,7 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
     with write(env) as u:
         s = u.s
         c = resolve(s, who, ref, acting=op.value if op in DISRUPTIVE else "")
+        named = hint_name(who, c)  # in a hint: as the caller names it
         todo: list[tuple[Workspace, Transition]] = []
         refused: list[tuple[str, str]] = []  # (member, why)
         already = 0  # members the op was already asked for (nothing to change)
@@ -399,7 +406,7 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
             if torn_down(c):
                 raise FailedPrecondition(
                     f"cannot {op.value} cluster {c.name}: it is FAILED and was torn down "
-                    f"({c.reason}); `ws cluster destroy {c.name}` removes it"
+                    f"({c.reason}); `ws cluster destroy {named}` removes it"
                 )
         for m in members:
             if op is Op.START and waiting(m):  # a grow waiting: a start asked again
@@ -409,7 +416,7 @@ def operate(env: Env, who: Identity | str, ref: str, op: Op) -> ClusterView:
                 if op is Op.DESTROY:
                     t = apply_op(op, State(m.state), Desired(m.desired_state), m.name)
                 else:  # as `ws start` / `ws stop` of the member would
-                    t = admissible(env, m, op, c.name)
+                    t = admissible(env, m, op, named)
             except FailedPrecondition as exc:
                 refused.append((m.name, exc.message))
                 continue

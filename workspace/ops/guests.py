@@ -36,6 +36,8 @@ class Target:
     node: str
     # When it last changed (its updated_at): since then it has been running.
     since: float = 0.0
+    # How the caller names it in a hint (``named_for``: OWNER/NAME if not theirs).
+    named: str = ""
 
 
 def target(env: Env, who: Identity | str, ref: str, what: str) -> Target:
@@ -48,11 +50,11 @@ def target(env: Env, who: Identity | str, ref: str, what: str) -> Target:
         wid, name, owner, state, node = ws.id, ws.name, ws.owner, ws.state, ws.node
         since = ws.updated_at
     check_owner(ident, owner, name, what)
+    named = named_for(ident, owner, name)
     if state != State.RUNNING.value or not node:
-        start = f"; `ws start {named_for(ident, owner, name)}` first"
-        hint = start if state == State.STOPPED.value else ""
+        hint = f"; `ws start {named}` first" if state == State.STOPPED.value else ""
         raise FailedPrecondition(f"workspace {name} is {state}{hint}")
-    return Target(wid, name, node, since)
+    return Target(wid, name, node, since, named)
 
 
 def check_exec(env: Env, argv: Sequence[str], stdin: bytes, timeout_s: int) -> int:
@@ -107,7 +109,7 @@ def exec(
             and up is not None
             and (up > booting.BOOT_WINDOW_S)
         ):
-            raise FailedPrecondition(booting.no_guest_agent_since(t.name, up)) from None
+            raise FailedPrecondition(booting.no_guest_agent_since(t.name, up, t.named)) from None
         raise
     return ExecResult(t.workspace_id, t.name, outcome)
 

@@ -112,11 +112,12 @@ def extend_row(env: Env, s: Session, ws: Workspace, add_s: int, now: float) -> N
     ws.updated_at = now
 
 
-def refuse_save_after_end(env: Env, s: Session, ws: Workspace) -> None:
+def refuse_save_after_end(env: Env, s: Session, ws: Workspace, named: str = "") -> None:
     """FAILED_PRECONDITION for a save of ``ws`` begun once its lease has ended in a
     project that destroys at expiry: the expiry waits for a save under way (``_expire``),
     so saves begun one after another kept the workspace past its lease without an
-    extend. A save begun before the end still holds it until the save ends."""
+    extend. A save begun before the end still holds it until the save ends. ``named``:
+    how the caller names ``ws`` in the hint (lifecycle ``named_for``; its name by default)."""
     end = ws.lease_expires_at or 0.0
     if not end or end > env.clock():
         return
@@ -124,7 +125,7 @@ def refuse_save_after_end(env: Env, s: Session, ws: Workspace) -> None:
         raise FailedPrecondition(
             f"cannot save workspace {ws.name}: its lease ended at {iso_time(end)} and "
             f"project {ws.project} destroys workspaces at expiry; "
-            f"`ws lease extend {ws.name} DURATION` first"
+            f"`ws lease extend {named or ws.name} DURATION` first"
         )
 
 

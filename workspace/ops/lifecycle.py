@@ -176,9 +176,11 @@ def resolve_workspace(
 
 
 def named_for(ident: Identity, owner: str, name: str) -> str:
-    """How ``ident`` names ``owner``'s workspace ``name`` in a hint (`ws stop NAME`):
-    NAME if it is theirs, else OWNER/NAME: by a bare name a command finds the caller's
-    own first, and one that changes something acts on no one else's (``choose_owned``)."""
+    """How ``ident`` names ``owner``'s workspace or cluster ``name`` in a hint (`ws stop
+    NAME`, `ws cluster start NAME`, `ws lease extend NAME`): NAME if it is theirs, else
+    OWNER/NAME: by a bare name a command finds the caller's own first, and one that
+    changes something acts on no one else's (``choose_owned``). Events, site events and
+    log lines name the owner apart and keep the bare name."""
     return name if ident.is_user and owner == ident.name else f"{owner}/{name}"
 
 

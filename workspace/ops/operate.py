@@ -18,6 +18,7 @@ from workspace.ops.lifecycle import (
     CANCELLED,
     DISRUPTIVE,
     destroy_reason,
+    named_for,
     node_down,
     refuse_never_placed,
     refuse_while_saving,
@@ -25,6 +26,7 @@ from workspace.ops.lifecycle import (
     terminate_unconfirmed,
     waiting,
 )
+from workspace.ops.projects import as_identity
 from workspace.ops.unit import Env, UnitOfWork, write
 from workspace.store import Image, Workspace
 from workspace.store.mapping import set_reason, workspace_views
@@ -39,7 +41,8 @@ def operate(
     already asked for changes nothing and answers the workspace as it is."""
     with write(env) as u:
         ws = resolve_workspace(u.s, who, ref, acting=op.value if op in DISRUPTIVE else "")
-        if not act(env, u, ws, op, timeout_s, force):
+        shown = named_for(as_identity(who), ws.owner, ws.name)  # in a hint
+        if not act(env, u, ws, op, timeout_s, force, shown=shown):
             log.info(
                 "workspace %s: %s asked again (nothing to change)",
                 named(ws.id, ws.name, ws.node),
@@ -64,11 +67,13 @@ def act(
     timeout_s: int = 0,
     force: bool = False,
     reason: str = "",
+    shown: str = "",
 ) -> bool:
     """``op`` on a row already found (a user's request, or the service's own: lease
-    expiry), inside ``u``; ``reason`` (if given) is what the workspace shows. False: the
-    op was already asked for, and nothing changed."""
-    t = admissible(env, ws, op)
+    expiry), inside ``u``; ``reason`` (if given) is what the workspace shows; ``shown``:
+    how the caller names ``ws`` in a hint (its name by default). False: the op was
+    already asked for, and nothing changed."""
+    t = admissible(env, ws, op, shown)
     if t is None:  # already so: also a running workspace whose lease just ended
         return False
     if op is Op.START:
@@ -78,11 +83,13 @@ def act(
     return True
 
 
-def admissible(env: Env, ws: Workspace, op: Op, cluster: str = "") -> Transition | None:
+def admissible(env: Env, ws: Workspace, op: Op, shown: str = "") -> Transition | None:
     """What ``op`` does to ``ws`` now; None when it was already asked for (nothing to
     change); FailedPrecondition saying why it is refused (the trust policy apart:
-    ``check_trust``). ``cluster``: the op is its cluster's (named in a lease's hint).
-    Every way of starting or stopping a workspace asks this, a cluster's too."""
+    ``check_trust``). ``shown``: what a lease's hint names, as the caller names it
+    (lifecycle ``named_for``): the workspace, or the cluster whose op it is; ``ws``'s
+    name by default. Every way of starting or stopping a workspace asks this, a
+    cluster's too."""
     if waiting(ws) and op is not Op.DESTROY:
         raise FailedPrecondition(
             f"workspace {ws.name} is waiting for capacity; destroy it to cancel"
@@ -94,7 +101,7 @@ def admissible(env: Env, ws: Workspace, op: Op, cluster: str = "") -> Transition
     if op is Op.START:
         refuse_while_saving(env, ws, "start")
     if op in (Op.START, Op.RESUME):
-        check_lease(env, ws, op, cluster)
+        check_lease(env, ws, op, shown)
     return t
 
 
@@ -138,14 +145,15 @@ def apply(
     u.nodes(ws.node)
 
 
-def check_lease(env: Env, ws: Workspace, op: Op, cluster: str = "") -> None:
+def check_lease(env: Env, ws: Workspace, op: Op, shown: str = "") -> None:
     """A workspace whose lease has ended does not run again until the lease is extended
-    (of a member started with its ``cluster``: the cluster's, every member's)."""
+    (of a member started with its cluster: the cluster's, every member's); ``shown``:
+    what the hint extends, as the caller names it (``admissible``)."""
     end = ws.lease_expires_at or 0.0
     if end and end <= env.clock():
         raise FailedPrecondition(
             f"cannot {op.value} workspace {ws.name}: its lease ended at {iso_time(end)}; "
-            f"`ws lease extend {cluster or ws.name} DURATION` first"
+            f"`ws lease extend {shown or ws.name} DURATION` first"
         )
 
 

@@ -217,6 +217,7 @@ def _mark(
         into = resolve_project(
             s, ident, project or ws.project or "", require=env.cfg.require_project
         )
+        shown = named_for(ident, ws.owner, ws.name)  # in a hint: as the caller names it
         if ws.state == State.TERMINATED.value:  # its disks are gone
             raise FailedPrecondition(f"workspace {ws.name} was destroyed; nothing to save")
         if ws.desired_state == Desired.TERMINATED.value:  # not `ws stop` first: it goes
@@ -224,10 +225,10 @@ def _mark(
         if not stopped(ws) or not ws.node:
             raise FailedPrecondition(
                 f"workspace {ws.name} is {ws.state}; only a stopped workspace can be saved "
-                f"(`ws stop {named_for(ident, ws.owner, ws.name)} --wait` first)"
+                f"(`ws stop {shown} --wait` first)"
             )
         refuse_while_saving(env, ws, "save")
-        leases.refuse_save_after_end(env, s, ws)
+        leases.refuse_save_after_end(env, s, ws, shown)
         if s.get(Image, image) is not None:
             raise AlreadyExists(f"image {image!r} already exists; pick a new version")
         if name_taken(s, image, into or "", ident.name):
