@@ -338,3 +338,65 @@ def test_a_failed_scp_login_says_where_to_give_the_key_as_ws_ssh_does(
     monkeypatch.setenv("SCP_EXIT", "1")
     rc, _, err = run(c, capfd, *argv)  # type: ignore[arg-type]
     assert rc == 1 and "ws:" not in err
+
+
+def test_the_copy_a_refused_login_suggests_is_the_copy_asked_with_its_options(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The `ws scp -i FILE ...` the hint gives, run as it is written (FILE the key), copies
+    what was asked: it lost --retry, and the `--` before a file named like an option (then
+    taken for one: a usage error)."""
+    fake_ssh(
+        monkeypatch,
+        tmp_path,
+        "echo 'debian@10.213.0.5: Permission denied (publickey).' >&2\nexit 255\n",
+        name="scp",
+    )
+    c = FakeClient([box(host_keys=HOST_KEYS, ssh_keys=["SHA256:old"])])
+    c.keys = [access_pb2.SshKey(fingerprint="SHA256:old")]
+    asked = ["-l", "root", "--retry", "7", "-r", "--", "-odd name", "box:/tmp/"]
+    rc, _, err = run(c, capfd, "scp", *asked)  # type: ignore[arg-type]
+    assert rc == 255
+    suggested = err.split("give it with `", 1)[1].split("`", 1)[0]
+    key = tmp_path / "id"
+    key.write_text("a key\n")
+    again = [str(key) if a == "FILE" else a for a in shlex.split(suggested)]
+    assert again[:3] == ["ws", "scp", "-i"]
+    rc, out, err = run(c, capfd, "scp", "--print", *again[2:])  # type: ignore[arg-type]
+    assert rc == 0, err
+    argv = shlex.split(out)
+    _known(argv)
+    assert argv[argv.index("--") - 7 :] == [
+        "-i", str(key), "-o", "ConnectionAttempts=7", "-o", "ConnectTimeout=5", "-r", "--",
+        "-odd name", "root@10.213.0.5:/tmp/",
+    ]  # fmt: skip
+
+
+def test_cluster_scp_gives_the_key_hint_of_a_member_that_refused_the_login_only(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """scp's 255 is also ssh's "Connection refused" (a member still booting): the hint
+    named the first member that exited 255, saying "if scp said Permission denied" of one
+    whose scp had not, and gave it when none had."""
+    fake_ssh(
+        monkeypatch,
+        tmp_path,
+        'case "$*" in *10.213.0.6*) echo "ssh: connect to host 10.213.0.6 port 22: '
+        'Connection refused" >&2; exit 255;; esac\n'
+        'echo "root@10.213.0.7: $REFUSAL" >&2\nexit 255\n',
+        name="scp",
+    )
+    c = FakeClient()
+    c.keys = [access_pb2.SshKey(fingerprint="SHA256:old")]
+    _cluster(c)
+    for m in c.cluster.members:  # type: ignore[union-attr]
+        m.ssh_keys.append("SHA256:old")
+    argv = ["cluster", "scp", "mpi", "f", ":", "--role", "worker"]
+    monkeypatch.setenv("REFUSAL", "Permission denied (publickey).")
+    rc, _, err = run(c, capfd, *argv)  # type: ignore[arg-type]
+    hints = [line for line in err.splitlines() if line.startswith("ws: ")]
+    assert rc == 1 and len(hints) == 1
+    assert hints[0].startswith("ws: mpi-worker-1 has your key SHA256:old: ")
+    monkeypatch.setenv("REFUSAL", "ssh: connect to host 10.213.0.7 port 22: No route to host")
+    rc, _, err = run(c, capfd, *argv)  # type: ignore[arg-type]
+    assert rc == 1 and "Connection refused" in err and "ws: " not in err

@@ -43,6 +43,8 @@ _OWNED = re.compile(r"([a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9-]*):(.*)", re.DOTALL
 USAGE = "SRC... NAME:DST or NAME:SRC... DST"
 # scp's exit code when its ssh could not connect or log in (OpenSSH 9's SFTP mode, as ssh's).
 SSH_FAILED = guest_cmds.SSH_FAILED
+# What ssh says of a login the guest refused (not localised).
+LOGIN_REFUSED = "Permission denied"
 
 
 @dataclass(frozen=True)
@@ -138,11 +140,17 @@ def scp_cmd(args: argparse.Namespace, client: Client) -> int:
 
 
 def _with_key(command: str, args: argparse.Namespace, *first: str) -> str:
-    """The copy asked for again, with ``-i FILE``: what a failed login's hint says."""
+    """The copy asked for again, with ``-i FILE``: what a failed login's hint says (its
+    options kept; ``--`` before operands that would read as options, as they were given)."""
     options = [*(["-r"] if args.recursive else []), *(["-l", args.user] if args.user else [])]
+    if args.retry:
+        options += ["--retry", str(args.retry)]
     if getattr(args, "role", None):
         options += ["--role", args.role]
-    return f"{command} -i FILE {shlex.join([*options, *first, *args.operands])}"
+    given = [*first, *args.operands]
+    if any(o.startswith("-") for o in given):
+        given.insert(0, "--")
+    return f"{command} -i FILE {shlex.join([*options, *given])}"
 
 
 def register(sub: Any, parent: argparse.ArgumentParser, client_for: common.ClientFor) -> None:
@@ -302,8 +310,14 @@ def cluster_scp_cmd(args: argparse.Namespace, client: Client) -> int:
                 print(f"{c.name}: {said}", file=sys.stderr, flush=True)
         print(line)
     # What `ws ssh` says of a login it could not make, said once, of the first member scp
-    # could not log in to (or connect to): members get their owner's keys alike.
-    refused = [m for m, c in zip(members, copies, strict=True) if c.exit_code == SSH_FAILED]
+    # could not log in to: members get their owner's keys alike. Its 255 is also ssh's
+    # "Connection refused" or "No route to host" (a member still booting), which no key
+    # mends: only a member whose scp said "Permission denied" (its words, kept here).
+    refused = [
+        m
+        for m, c in zip(members, copies, strict=True)
+        if c.exit_code == SSH_FAILED and LOGIN_REFUSED in c.stderr
+    ]
     if refused:
         again = _with_key("ws cluster scp", args, args.name)
         guest_cmds.hint_about_keys(client, refused[0], bool(args.key), "scp", again)
