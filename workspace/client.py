@@ -313,12 +313,14 @@ class Client(
                 f"cannot reach the workspace service at {failures[0][0]}: "
                 f"{connect_reason(details) or 'unavailable'}{hint}{site}",
                 failures,
+                hint + site,
             )
         each = "".join(f"\n  {address}: {connect_reason(why)}" for address, why in failures)
         return ServiceUnreachable(
             f"cannot reach the workspace service at any of the {len(failures)} addresses "
             f"tried{hint}{site}:{each}",
             failures,
+            hint + site,
         )
 
     def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None = None) -> T:

@@ -99,11 +99,16 @@ def no_connection(details: str) -> bool:
 
 class ServiceUnreachable(errors.Unavailable):
     """No connection could be made to the service: ``failures`` holds each address tried
-    (one, or each replica of a list) with what gRPC said of it, in the order tried."""
+    (one, or each replica of a list) with what gRPC said of it, in the order tried;
+    ``hint`` what the client said of it besides (`` (no identity given: ...)``, a
+    certificate the service closed the connection on, a local site that is down), as it
+    ends the message's first line: for those who tell the failure in other words
+    (ws-slurm's DOWN reasons)."""
 
-    def __init__(self, message: str, failures: list[tuple[str, str]]) -> None:
+    def __init__(self, message: str, failures: list[tuple[str, str]], hint: str = "") -> None:
         super().__init__(message)
         self.failures = failures
+        self.hint = hint
 
 
 def resolve_address(service: str | None = None) -> str:

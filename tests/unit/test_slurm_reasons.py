@@ -1,12 +1,16 @@
 """The reasons ws-slurm marks nodes DOWN with (``reasons``, ``scontrol.fit_reason``):
-Slurm keeps 200 characters of one. A service that cannot be reached was told as "the
+ws-slurm keeps one to 200 characters. A service that cannot be reached was told as "the
 workspace service cannot be reached: cannot reach the workspace service at ADDRESS: ...",
 and behind a suspend's own words, a long socket path or replicas, the cause ("No such file
 or directory", "Connection refused") was cut off, mid-word."""
 
 from __future__ import annotations
 
+import socket
+import tempfile
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +81,44 @@ def test_a_reason_is_cut_between_words() -> None:
     assert fit_reason("short", 100) == "short"
     # One word longer than half of what fits: cut within it (nothing else to keep).
     assert fit_reason("refused: " + "x" * 300, 100) == "refused: " + "x" * 87 + " ..."
+
+
+def _closing(path: Path) -> socket.socket:
+    """A socket at ``path`` that takes each connection and closes it at once, as a
+    service with mutual TLS does to a client without an identity."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:  # closed: the test is over
+                return
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock
+
+
+def test_replicas_keep_what_the_client_said_of_the_failure(down: FakeScontrol) -> None:
+    """Two replicas that both close the connection: the client says why (here no identity
+    was given; an expired certificate is told the same way), and with one address the
+    reason kept it, with replicas it was dropped: "service unreachable: recvmsg:Connection
+    reset by peer (104) at unix:..., unix:..." and nothing of what to do."""
+    # Short paths (pytest's tmp_path is long), as an admin's: the hint fits in Slurm.
+    with tempfile.TemporaryDirectory(dir="/tmp") as where:
+        a, b = Path(where, "a.sock"), Path(where, "b.sock")
+        servers = [_closing(a), _closing(b)]
+        try:
+            exc = _unreachable(f"unix:{a},unix:{b}")
+        finally:
+            for sock in servers:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes its accept
+                sock.close()
+    said = service_problem(exc)
+    assert said.startswith("service unreachable: "), said
+    assert f"at unix:{a}, unix:{b} (no identity given: " in said, said
+    fail_nodes(down, "resume", ["c1"], said)
+    assert "(no identity given: " in down.down["c1"], down.down["c1"]

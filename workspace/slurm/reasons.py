@@ -1,6 +1,6 @@
 """What ws-slurm tells Slurm of nodes that cannot run: the reasons it marks them DOWN
 with (``sinfo -R``, ``scontrol show node``; ``scontrol.reason_text`` fits each into
-Slurm's 200 characters) and the power-downs that go with them (``refuse``)."""
+ws-slurm's 200 characters) and the power-downs that go with them (``refuse``)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def service_problem(exc: errors.WorkspaceError) -> str:
     refused at 10.0.0.5:7070`` (each address once, with what gRPC said of it), ``service
     unreachable: it did not answer within 30 s``, ``service refused ws-slurm: ...``. (Until
     session 44: ``the workspace service cannot be reached: cannot reach the workspace
-    service at ADDRESS: ...``, whose cause Slurm's 200 characters cut off after a long
+    service at ADDRESS: ...``, whose cause the 200 characters cut off after a long
     socket path, behind a suspend's own words, or with replicas.)"""
     if isinstance(exc, ServiceUnreachable) and exc.failures:
         return f"service unreachable: {unreachable(exc)}"
@@ -45,17 +45,14 @@ def service_problem(exc: errors.WorkspaceError) -> str:
 def unreachable(exc: ServiceUnreachable) -> str:
     """Why no connection could be made, cause first: ``No such file or directory at
     unix:/run/ws.sock``; replicas that failed alike as one (``Connection refused at a:1,
-    b:1``). One address: what the client added after the cause too (a hint: no identity
-    given, a local site's services down)."""
+    b:1``); then what the client added (``hint``: no identity given, a certificate the
+    service closed the connection on, a local site's services down). Until session 44
+    replicas lost that: an expired certificate was ``Connection reset by peer``."""
     by_cause: dict[str, list[str]] = {}
     for address, details in exc.failures:
         by_cause.setdefault(_cause(details), []).append(address)
     said = "; ".join(f"{cause} at {', '.join(where)}" for cause, where in by_cause.items())
-    if len(exc.failures) > 1:
-        return said
-    full = connect_reason(exc.failures[0][1])
-    _, found, after = exc.message.partition(full) if full else ("", "", "")
-    return said + (after if found else "")
+    return said + exc.hint
 
 
 def _cause(details: str) -> str:

@@ -50,8 +50,10 @@ RUN_BUDGET_S = 60.0  # one run's time in failed scontrol calls, retries' pauses 
 RETRY_PAUSE_S = 1.0
 ADDRESS_CHUNK = 200  # nodes per NodeAddr update (one argument of ~20 characters each)
 REASON_PREFIX = "ws: "
+# ws-slurm's own limit, in characters: Slurm sets none (scontrol passes Reason= whole),
+# but a reason is for people reading ``sinfo -R`` and ``scontrol show node``.
 MAX_REASON = 200
-CUT_MARK = " ..."  # where a reason too long for Slurm was cut (``fit_reason``)
+CUT_MARK = " ..."  # where a reason over MAX_REASON was cut (``fit_reason``)
 MAX_LOGGED_ARG = 120
 NOT_FOUND = re.compile(r"^Node (\S+) not found")  # scontrol show node of an unknown node
 # Where a bare ``scontrol`` is looked for when the environment has no PATH: slurmctld runs
