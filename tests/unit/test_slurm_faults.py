@@ -325,9 +325,13 @@ def test_fake_scontrol_is_a_scontrol() -> None:
 
 
 def deadline() -> errors.WorkspaceError:
-    """What the client raises for a call the service did not answer within timeout_s."""
+    """What the client raises for a call the service did not answer within timeout_s
+    (workspace/client.py: an Unavailable coded DEADLINE_EXCEEDED)."""
     return rpc_status.coded(
-        errors.WorkspaceError("Deadline Exceeded"), grpc.StatusCode.DEADLINE_EXCEEDED
+        errors.Unavailable(
+            "the workspace service at unix:/run/ws.sock did not answer in time (Deadline Exceeded)"
+        ),
+        grpc.StatusCode.DEADLINE_EXCEEDED,
     )
 
 
@@ -339,7 +343,7 @@ def test_a_service_that_does_not_answer_is_not_a_refusal(
     run.service.refusal = deadline()
     assert run("resume", "c[1-2]") == 3
     reason = run.scontrol.down["c1"]
-    assert reason.startswith("ws: service unreachable: it did not answer"), reason
+    assert reason == "ws: service unreachable: it did not answer within 30 s", reason
     assert "refused" not in reason
     # It stops answering mid-resume: the nodes not tried yet are not each given another
     # timeout (slurmctld waits for ResumeProgram), they are DOWN with the same words.

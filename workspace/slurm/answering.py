@@ -40,9 +40,15 @@ class Answering:
         self.timeout_s = timeout_s
 
     def _away(self, exc: errors.WorkspaceError) -> errors.WorkspaceError:
-        if exc.code != NO_ANSWER or isinstance(exc, errors.Unavailable):
+        # The client raises a timed-out call as Unavailable coded DEADLINE_EXCEEDED ("the
+        # workspace service at ADDR did not answer in time"): said with ws-slurm's own
+        # ``timeout_s``, which is what an admin can change.
+        if exc.code != NO_ANSWER:
             return exc
-        return errors.Unavailable(f"it did not answer within {self.timeout_s:g} s ({exc.message})")
+        address = getattr(self.client, "address", "")
+        return errors.Unavailable(
+            f"it did not answer within {self.timeout_s:g} s" + (f" at {address}" if address else "")
+        )
 
     def list_workspaces(
         self, include_terminated: bool = False, *, mine: bool = True
