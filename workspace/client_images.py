@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -105,8 +105,11 @@ class ImagesClientMixin:
         service takes no chunk of for ``stall_s`` seconds (default ``UPLOAD_STALL_S``)
         is cancelled: Unavailable (code DEADLINE_EXCEEDED), nothing stored.
 
-        The bytes sent are the file's size when the upload began: one longer or shorter
-        by then (still being written) is cancelled, InvalidArgument, nothing stored.
+        The bytes sent are the file's size when the upload began, which the first chunk
+        says (``BlobChunk.size_bytes``): one longer or shorter by then (still being
+        written) is cancelled before the chunk that would complete that size,
+        InvalidArgument, nothing stored (a cancel gRPC's server sees as the stream's end
+        is a stream short of its size, which the service refuses).
         """
         stall = UPLOAD_STALL_S if stall_s is None else stall_s
         total = os.path.getsize(path)
@@ -117,9 +120,9 @@ class ImagesClientMixin:
         made = threading.Event()
         changed: list[int] = []  # the file's size, once it is no longer ``total``
 
-        def give_up(f: BinaryIO) -> None:
-            """Cancel the call before its stream ends: the service stores nothing."""
-            changed.append(os.fstat(f.fileno()).st_size)
+        def give_up(now: int) -> None:
+            """Cancel the call short of the size it said: the service stores nothing."""
+            changed.append(now)
             made.wait()
             calls[0].cancel()
 
@@ -128,20 +131,29 @@ class ImagesClientMixin:
             with open(path, "rb") as f:
                 if progress is not None:
                     progress(0, total)
-                said = digest  # in the first chunk
+                said = digest  # in the first chunk, with the size
                 for data in ChunkSizer().read(f):
-                    if sent + len(data) > total:
-                        give_up(f)
+                    # The chunk that completes the size goes only if the file is still
+                    # that size (a cancel then always leaves the stream short of it);
+                    # after that chunk, nothing more is read.
+                    end = sent + len(data)
+                    if end > total or (end == total and os.fstat(f.fileno()).st_size != total):
+                        give_up(os.fstat(f.fileno()).st_size)
                         return
-                    yield images_pb2.BlobChunk(data=data, digest=said)
+                    chunk = images_pb2.BlobChunk(data=data, digest=said)
+                    if not sent:
+                        chunk.size_bytes = total
+                    yield chunk
                     said = ""
                     moved[0] = time.monotonic()  # gRPC sent the last one, wants the next
                     sent += len(data)
                     taken[0] = sent
                     if progress is not None:
                         progress(sent, total)
+                    if sent == total:
+                        break
                 if sent < total:
-                    give_up(f)
+                    give_up(os.fstat(f.fileno()).st_size)
                     return
                 if said:  # an empty file: one empty chunk, which says its digest
                     yield images_pb2.BlobChunk(digest=said)

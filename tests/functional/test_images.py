@@ -845,3 +845,53 @@ def test_an_upload_whose_bytes_are_not_the_digest_it_said_stores_nothing(tmp_pat
     finally:
         client.close()
         site.close()
+
+
+@pytest.mark.parametrize("sent", ["short", "long"])
+def test_an_upload_that_ends_at_another_size_than_it_said_stores_nothing(
+    tmp_path: Path, sent: str
+) -> None:
+    """`ws-admin image import disk.img` (no digest said) while disk.img grew: the client
+    cancelled the upload, but gRPC's server may see a cancel as the stream's clean end,
+    and the service stored the bytes that had come as a blob, counted against the
+    sender for blob_grace_s. The first chunk now says the whole upload's size: a stream
+    that ends short of it (or goes past it) is refused, nothing stored."""
+    site = Site(tmp_path)
+    client = Client(site.address)
+    blobs = Path(site.cfg.data_dir) / "blobs"
+    try:
+        data = b"disk" * (MiB // 2)  # 2 MiB
+        said = 2 * MiB if sent == "short" else MiB
+        stream = [
+            images_pb2.BlobChunk(data=data[:MiB], size_bytes=said),
+            images_pb2.BlobChunk(data=data[MiB : MiB + 4096 if sent == "short" else None]),
+        ]
+        with pytest.raises(grpc.RpcError) as exc:
+            site.stubs.images.UploadBlob(iter(stream))  # the stream ends normally
+        assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+        details = str(exc.value.details())
+        if sent == "short":
+            assert f"ended after {MiB + 4096} of the {said} bytes it said" in details, details
+        else:
+            assert f"sent more than the {said} bytes it said" in details, details
+        assert "nothing stored" in details
+        assert list((blobs / "sha256").iterdir()) == []
+        assert list((blobs / "tmp").iterdir()) == []
+        assert client.repository_usage().used_bytes == 0
+        whole = digests.of_bytes(data)
+        assert client.has_blobs([whole]) == [whole]
+        with pytest.raises(grpc.RpcError) as exc:
+            site.stubs.images.UploadBlob(iter([images_pb2.BlobChunk(data=data, size_bytes=-1)]))
+        assert code_of(exc) == grpc.StatusCode.INVALID_ARGUMENT
+        assert "said it has -1 bytes: a size is 0 or more" in str(exc.value.details())
+        assert list((blobs / "sha256").iterdir()) == list((blobs / "tmp").iterdir()) == []
+
+        # Said and sent alike (and unsaid, as an older client sends): stored.
+        for size in (2 * MiB, 0):
+            ok = [images_pb2.BlobChunk(data=data[:MiB], size_bytes=size)]
+            ok.append(images_pb2.BlobChunk(data=data[MiB:]))
+            ref = site.stubs.images.UploadBlob(iter(ok))
+            assert (ref.digest, ref.size_bytes) == (whole, 2 * MiB)
+    finally:
+        client.close()
+        site.close()

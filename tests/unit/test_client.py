@@ -243,7 +243,10 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
 
 class FakeImages(images_pb2_grpc.ImagesServicer):
     def __init__(self) -> None:
-        self.chunks: list[int] = []
+        self.chunks: list[int] = []  # the sizes of the last upload's chunks, as they came
+        self.said = 0  # the size its first chunk said (0: none)
+        self.stored: list[int] = []  # the sizes of the uploads answered (as the service,
+        # which stores none that ends at another size than it said)
         # Take one chunk, then read no more (a hung service, a stuck blob directory).
         self.stall = False
         # Take every chunk, then answer UNAVAILABLE with these words (its store read-only).
@@ -255,9 +258,15 @@ class FakeImages(images_pb2_grpc.ImagesServicer):
             while context.is_active():
                 time.sleep(0.05)
             return images_pb2.BlobRef()
-        self.chunks = [len(c.data) for c in request_iterator]
+        self.chunks, self.said = [], 0
+        for c in request_iterator:  # a cancel may end it as a clean end would
+            self.said = c.size_bytes if not self.chunks else self.said
+            self.chunks.append(len(c.data))
+        if self.said and sum(self.chunks) != self.said:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not the size it said")
         if self.refuse_with:
             context.abort(grpc.StatusCode.UNAVAILABLE, self.refuse_with)
+        self.stored.append(sum(self.chunks))
         return images_pb2.BlobRef(digest="sha256:ab", size_bytes=sum(self.chunks))
 
 
@@ -644,7 +653,7 @@ def test_upload_blob_streams_chunks_of_at_most_the_chunking_maximum(
     seen: list[tuple[int, int]] = []
     ref = client.upload_blob(path, lambda sent, total: seen.append((sent, total)))
     total = path.stat().st_size
-    assert sum(isvc.chunks) == total == ref.size_bytes
+    assert sum(isvc.chunks) == total == ref.size_bytes == isvc.said  # said in the first
     assert all(0 < n <= chunking.MAX_BYTES for n in isvc.chunks), isvc.chunks
     assert chunking.MAX_BYTES < rpc.MAX_MESSAGE_BYTES
     assert seen[0] == (0, total) and seen[-1] == (total, total)
@@ -681,7 +690,34 @@ def test_an_upload_of_a_file_that_changes_size_meanwhile_is_cancelled_saying_so(
         f"{path} changed while it was sent (1048576 bytes when the upload began, now {now}); "
         "nothing was stored; try again once nothing writes to it"
     ), got.value.message
-    assert isvc.chunks == []  # the service's call was cancelled: it answered nothing
+    # The call was cancelled short of the size it said (a cancel may reach the service as
+    # a clean end of the stream, when it saw fewer bytes than the size said): nothing
+    # stored, whichever it saw.
+    assert sum(isvc.chunks) < 1024 * 1024
+    assert isvc.stored == []
+
+
+def test_an_upload_of_a_file_that_grows_as_its_last_chunk_is_read_is_cut_short(
+    served: tuple[Client, FakeWorkspaces, FakeImages], tmp_path: Path
+) -> None:
+    """The file grew just as the chunk that completes its size was read: the client
+    sent that chunk, found more to read and cancelled the call with the whole size
+    sent, which gRPC's server may see as the stream's clean end, the blob stored. It now
+    checks the file before it sends the chunk that completes the size, and gives up
+    before it: the service sees a stream short of the size it said, and stores nothing."""
+    client, _, isvc = served
+    path = tmp_path / "disk.img"
+    path.write_bytes(os.urandom(chunking.START_BYTES))  # one chunk, the first read's size
+
+    def meanwhile(sent: int, total: int) -> None:
+        if not sent:  # before the first (and last) chunk is read
+            with path.open("ab") as f:
+                f.write(os.urandom(1024 * 1024))
+
+    with pytest.raises(errors.InvalidArgument, match=r"changed while it was sent"):
+        client.upload_blob(path, meanwhile)
+    assert sum(isvc.chunks) < chunking.START_BYTES  # none of it came
+    assert isvc.stored in ([], [0])  # at most an empty stream, whose end it may see
 
 
 def test_an_upload_the_service_refuses_itself_is_not_said_to_be_cut_short(

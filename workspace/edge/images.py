@@ -34,10 +34,13 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
     # -- messages in, messages out ---------------------------------------------------------
 
     def upload_blob(
-        self, chunks: Iterable[bytes], who: Identity | str, expected: str = ""
+        self, chunks: Iterable[bytes], who: Identity | str, expected: str = "", said_bytes: int = 0
     ) -> images_pb2.BlobRef:
-        """Store the bytes; ``expected``: the digest they must have ("": any)."""
-        digest, size = self.catalog.upload_blob(chunks, who, expected=expected)
+        """Store the bytes; ``expected``: the digest they must have ("": any), ``said_bytes``:
+        their count (0: any)."""
+        digest, size = self.catalog.upload_blob(
+            chunks, who, expected=expected, said_bytes=said_bytes
+        )
         return images_pb2.BlobRef(digest=digest, size_bytes=size)
 
     def import_image(
@@ -64,9 +67,11 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
         who: Identity,
     ) -> images_pb2.BlobRef:
         chunks = each_request(request_iterator, context, "UploadBlob: the next chunk")
-        first = next(chunks, None)  # it may say the digest of the whole
+        first = next(chunks, None)  # it may say the digest and size of the whole
         data = itertools.chain([first.data] if first else [], (c.data for c in chunks))
-        return self.upload_blob(data, who, first.digest if first else "")
+        if first is None:
+            return self.upload_blob(data, who)
+        return self.upload_blob(data, who, first.digest, first.size_bytes)
 
     @unary
     def ImportImage(

@@ -103,17 +103,21 @@ class Catalog:
         who: Identity | str | None,
         holder: str = "",
         expected: str = "",
+        said_bytes: int = 0,
     ) -> tuple[str, int]:
         """Store a stream of bytes: (its digest, its size). ``who`` sent them: they may
         make images of the blob from now on (ops/blob_access.py); None: a node sending a
         saved disk, which its save vouches for once it is sure the node sent it
         (``holder``, the node's principal, is recorded as having sent it). ``expected``:
-        the digest the sender said, else nothing is stored (store/blobs.py ``receive``)."""
+        the digest the sender said, ``said_bytes`` the byte count (0: unsaid): other bytes, or
+        another count, and nothing is stored (store/blobs.py ``receive``)."""
         env = self.env
         sender = as_identity(who) if who is not None else None
         holder = sender.principal if sender is not None else holder
         chunks = blob_access.renewing(env, chunks, holder) if holder else chunks
-        tmp, digest, size = self.blobs.receive(chunks, env.cfg.limits.max_blob_bytes, expected)
+        tmp, digest, size = self.blobs.receive(
+            chunks, env.cfg.limits.max_blob_bytes, expected, said_bytes
+        )
         try:
             # Under the store's write lock: a concurrent DeleteImage cannot remove the
             # file between the rename and the row.

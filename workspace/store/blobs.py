@@ -63,17 +63,23 @@ class BlobRepository:
         return self.path(digest).exists()
 
     def receive(
-        self, chunks: Iterable[bytes], max_bytes: int, expected: str = ""
+        self, chunks: Iterable[bytes], max_bytes: int, expected: str = "", said_bytes: int = 0
     ) -> tuple[Path, str, int]:
         """Write a stream to a temp file, hashing while writing: (temp path, digest, size).
 
         The caller makes it visible with ``commit`` (or removes the temp file on error).
         ``expected``: the digest the sender said ("": none); bytes that hash to another
         (an upload cut short, a file changed since it was hashed) are InvalidArgument,
-        and the temp file goes.
+        and the temp file goes. ``said_bytes``: the byte count the sender said (0: none); a
+        stream that ends at another (a client that gave up, its cancel seen by gRPC's
+        server as the stream's end) is InvalidArgument likewise.
         """
         if expected:
             check_digest(expected)
+        if said_bytes < 0:
+            raise InvalidArgument(
+                f"the upload said it has {said_bytes} bytes: a size is 0 or more; nothing stored"
+            )
         h = digests.Hasher()
         fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
         try:
@@ -81,10 +87,21 @@ class BlobRepository:
                 for chunk in chunks:
                     if h.size_bytes + len(chunk) > max_bytes:
                         raise InvalidArgument(f"blob exceeds the limit of {max_bytes} bytes")
+                    if said_bytes and h.size_bytes + len(chunk) > said_bytes:
+                        raise InvalidArgument(
+                            f"the upload sent more than the {said_bytes} bytes it said; nothing "
+                            "stored (a file that grew while it was sent): send it again"
+                        )
                     h.update(chunk)
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
+            if said_bytes and h.size_bytes != said_bytes:
+                raise InvalidArgument(
+                    f"the upload ended after {h.size_bytes} of the {said_bytes} bytes it said; "
+                    "nothing stored (an upload cut short, or a file that changed while it "
+                    "was sent): send it again"
+                )
             if expected and h.digest() != expected:
                 raise InvalidArgument(
                     f"the {h.size_bytes} bytes uploaded hash to {h.digest()}, not {expected} "

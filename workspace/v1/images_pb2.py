@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from workspace.v1 import common_pb2 as workspace_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19workspace/v1/images.proto\x12\x0cworkspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19workspace/v1/common.proto\"E\n\x10SaveImageRequest\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x0f\n\x07project\x18\x03 \x01(\t\"\"\n\x0fHasBlobsRequest\x12\x0f\n\x07\x64igests\x18\x01 \x03(\t\"#\n\x10HasBlobsResponse\x12\x0f\n\x07missing\x18\x01 \x03(\t\"\x18\n\x16RepositoryUsageRequest\"|\n\x0fRepositoryUsage\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x12\n\nused_bytes\x18\x02 \x01(\x03\x12\x13\n\x0bquota_bytes\x18\x03 \x01(\x03\x12\x16\n\x0emax_blob_bytes\x18\x04 \x01(\x03\x12\x19\n\x11max_virtual_bytes\x18\x05 \x01(\x03\")\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"-\n\x07\x42lobRef\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"\x9b\x02\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\npartitions\x18\x02 \x03(\x0b\x32\x17.workspace.v1.Partition\x12\x15\n\rkernel_digest\x18\x03 \x01(\t\x12\x15\n\rinitrd_digest\x18\x04 \x01(\t\x12\x0f\n\x07\x63mdline\x18\x05 \x01(\t\x12\r\n\x05owner\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x03\x12\x0f\n\x07project\x18\x14 \x01(\t\x12\x0e\n\x06public\x18\x15 \x01(\x08\x12\x0f\n\x07\x63ontext\x18\x16 \x01(\t\x12\x12\n\nlogin_user\x18\x17 \x01(\t\"\xd8\x01\n\x12ImportImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\npartitions\x18\x02 \x03(\x0b\x32\x17.workspace.v1.Partition\x12\x15\n\rkernel_digest\x18\x03 \x01(\t\x12\x15\n\rinitrd_digest\x18\x04 \x01(\t\x12\x0f\n\x07\x63mdline\x18\x05 \x01(\t\x12\x0f\n\x07project\x18\x14 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x15 \x01(\t\x12\x12\n\nlogin_user\x18\x16 \x01(\t\x12\x12\n\ncheck_only\x18\x17 \x01(\x08\":\n\x11ListImagesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x12ListImagesResponse\x12#\n\x06images\x18\x01 \x03(\x0b\x32\x13.workspace.v1.Image\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x15SetImagePublicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06public\x18\x02 \x01(\x08\"\x1f\n\x0fGetImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\x96\x05\n\x06Images\x12>\n\nUploadBlob\x12\x17.workspace.v1.BlobChunk\x1a\x15.workspace.v1.BlobRef(\x01\x12\x44\n\x0bImportImage\x12 .workspace.v1.ImportImageRequest\x1a\x13.workspace.v1.Image\x12O\n\nListImages\x12\x1f.workspace.v1.ListImagesRequest\x1a .workspace.v1.ListImagesResponse\x12>\n\x08GetImage\x12\x1d.workspace.v1.GetImageRequest\x1a\x13.workspace.v1.Image\x12I\n\x08HasBlobs\x12\x1d.workspace.v1.HasBlobsRequest\x1a\x1e.workspace.v1.HasBlobsResponse\x12\x41\n\x0b\x44\x65leteImage\x12\x1d.workspace.v1.GetImageRequest\x1a\x13.workspace.v1.Image\x12Y\n\x12GetRepositoryUsage\x12$.workspace.v1.RepositoryUsageRequest\x1a\x1d.workspace.v1.RepositoryUsage\x12J\n\x0eSetImagePublic\x12#.workspace.v1.SetImagePublicRequest\x1a\x13.workspace.v1.Image\x12@\n\tSaveImage\x12\x1e.workspace.v1.SaveImageRequest\x1a\x13.workspace.v1.Imageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19workspace/v1/images.proto\x12\x0cworkspace.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19workspace/v1/common.proto\"E\n\x10SaveImageRequest\x12\x11\n\tworkspace\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x0f\n\x07project\x18\x03 \x01(\t\"\"\n\x0fHasBlobsRequest\x12\x0f\n\x07\x64igests\x18\x01 \x03(\t\"#\n\x10HasBlobsResponse\x12\x0f\n\x07missing\x18\x01 \x03(\t\"\x18\n\x16RepositoryUsageRequest\"|\n\x0fRepositoryUsage\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x12\n\nused_bytes\x18\x02 \x01(\x03\x12\x13\n\x0bquota_bytes\x18\x03 \x01(\x03\x12\x16\n\x0emax_blob_bytes\x18\x04 \x01(\x03\x12\x19\n\x11max_virtual_bytes\x18\x05 \x01(\x03\"=\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"-\n\x07\x42lobRef\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"\x9b\x02\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\npartitions\x18\x02 \x03(\x0b\x32\x17.workspace.v1.Partition\x12\x15\n\rkernel_digest\x18\x03 \x01(\t\x12\x15\n\rinitrd_digest\x18\x04 \x01(\t\x12\x0f\n\x07\x63mdline\x18\x05 \x01(\t\x12\r\n\x05owner\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x03\x12\x0f\n\x07project\x18\x14 \x01(\t\x12\x0e\n\x06public\x18\x15 \x01(\x08\x12\x0f\n\x07\x63ontext\x18\x16 \x01(\t\x12\x12\n\nlogin_user\x18\x17 \x01(\t\"\xd8\x01\n\x12ImportImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\npartitions\x18\x02 \x03(\x0b\x32\x17.workspace.v1.Partition\x12\x15\n\rkernel_digest\x18\x03 \x01(\t\x12\x15\n\rinitrd_digest\x18\x04 \x01(\t\x12\x0f\n\x07\x63mdline\x18\x05 \x01(\t\x12\x0f\n\x07project\x18\x14 \x01(\t\x12\x0f\n\x07\x63ontext\x18\x15 \x01(\t\x12\x12\n\nlogin_user\x18\x16 \x01(\t\x12\x12\n\ncheck_only\x18\x17 \x01(\x08\":\n\x11ListImagesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x12ListImagesResponse\x12#\n\x06images\x18\x01 \x03(\x0b\x32\x13.workspace.v1.Image\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x15SetImagePublicRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06public\x18\x02 \x01(\x08\"\x1f\n\x0fGetImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\x96\x05\n\x06Images\x12>\n\nUploadBlob\x12\x17.workspace.v1.BlobChunk\x1a\x15.workspace.v1.BlobRef(\x01\x12\x44\n\x0bImportImage\x12 .workspace.v1.ImportImageRequest\x1a\x13.workspace.v1.Image\x12O\n\nListImages\x12\x1f.workspace.v1.ListImagesRequest\x1a .workspace.v1.ListImagesResponse\x12>\n\x08GetImage\x12\x1d.workspace.v1.GetImageRequest\x1a\x13.workspace.v1.Image\x12I\n\x08HasBlobs\x12\x1d.workspace.v1.HasBlobsRequest\x1a\x1e.workspace.v1.HasBlobsResponse\x12\x41\n\x0b\x44\x65leteImage\x12\x1d.workspace.v1.GetImageRequest\x1a\x13.workspace.v1.Image\x12Y\n\x12GetRepositoryUsage\x12$.workspace.v1.RepositoryUsageRequest\x1a\x1d.workspace.v1.RepositoryUsage\x12J\n\x0eSetImagePublic\x12#.workspace.v1.SetImagePublicRequest\x1a\x13.workspace.v1.Image\x12@\n\tSaveImage\x12\x1e.workspace.v1.SaveImageRequest\x1a\x13.workspace.v1.Imageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,21 +44,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPOSITORYUSAGE']._serialized_start=273
   _globals['_REPOSITORYUSAGE']._serialized_end=397
   _globals['_BLOBCHUNK']._serialized_start=399
-  _globals['_BLOBCHUNK']._serialized_end=440
-  _globals['_BLOBREF']._serialized_start=442
-  _globals['_BLOBREF']._serialized_end=487
-  _globals['_IMAGE']._serialized_start=490
-  _globals['_IMAGE']._serialized_end=773
-  _globals['_IMPORTIMAGEREQUEST']._serialized_start=776
-  _globals['_IMPORTIMAGEREQUEST']._serialized_end=992
-  _globals['_LISTIMAGESREQUEST']._serialized_start=994
-  _globals['_LISTIMAGESREQUEST']._serialized_end=1052
-  _globals['_LISTIMAGESRESPONSE']._serialized_start=1054
-  _globals['_LISTIMAGESRESPONSE']._serialized_end=1136
-  _globals['_SETIMAGEPUBLICREQUEST']._serialized_start=1138
-  _globals['_SETIMAGEPUBLICREQUEST']._serialized_end=1191
-  _globals['_GETIMAGEREQUEST']._serialized_start=1193
-  _globals['_GETIMAGEREQUEST']._serialized_end=1224
-  _globals['_IMAGES']._serialized_start=1227
-  _globals['_IMAGES']._serialized_end=1889
+  _globals['_BLOBCHUNK']._serialized_end=460
+  _globals['_BLOBREF']._serialized_start=462
+  _globals['_BLOBREF']._serialized_end=507
+  _globals['_IMAGE']._serialized_start=510
+  _globals['_IMAGE']._serialized_end=793
+  _globals['_IMPORTIMAGEREQUEST']._serialized_start=796
+  _globals['_IMPORTIMAGEREQUEST']._serialized_end=1012
+  _globals['_LISTIMAGESREQUEST']._serialized_start=1014
+  _globals['_LISTIMAGESREQUEST']._serialized_end=1072
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=1074
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=1156
+  _globals['_SETIMAGEPUBLICREQUEST']._serialized_start=1158
+  _globals['_SETIMAGEPUBLICREQUEST']._serialized_end=1211
+  _globals['_GETIMAGEREQUEST']._serialized_start=1213
+  _globals['_GETIMAGEREQUEST']._serialized_end=1244
+  _globals['_IMAGES']._serialized_start=1247
+  _globals['_IMAGES']._serialized_end=1909
 # @@protoc_insertion_point(module_scope)

@@ -146,6 +146,7 @@ class BlobChunk(_message.Message):
 
     DATA_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     digest: _builtins.str
     """The whole blob's digest ("sha256:<hex>"), said in the first message (its data may
@@ -154,15 +155,24 @@ class BlobChunk(_message.Message):
     the service may see as the stream's end) or of a file that changed since it was
     hashed. Unsaid, whatever came is stored under its own digest.
     """
+    size_bytes: _builtins.int
+    """The whole upload's size in bytes, said in the first message by a client that
+    knows it; the service stores nothing (INVALID_ARGUMENT) when the stream ends at
+    another size. A client that gives up (its file changed while it was sent) does so
+    before the chunk that completes this size, so that even a cancel gRPC's server
+    sees as the stream's end stores nothing. 0: not said (an older client; an empty
+    upload), whatever came is stored.
+    """
     def __init__(
         self,
         *,
         data: _builtins.bytes = ...,
         digest: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "digest", b"digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "digest", b"digest", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

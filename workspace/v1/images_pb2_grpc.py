@@ -86,7 +86,9 @@ class ImagesServicer:
 
     def UploadBlob(self, request_iterator, context):
         """Client stream of chunks; the service hashes while receiving and stores the
-        blob under its sha256 digest.
+        blob under its sha256 digest. A stream that ends at another size than its first
+        chunk said (BlobChunk.size_bytes), or with other bytes than its digest, stores
+        nothing: INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

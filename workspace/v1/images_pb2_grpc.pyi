@@ -33,7 +33,9 @@ class ImagesStub:
     def __new__(cls, channel: _aio.Channel) -> ImagesAsyncStub: ...
     UploadBlob: _grpc.StreamUnaryMultiCallable[_images_pb2.BlobChunk, _images_pb2.BlobRef]
     """Client stream of chunks; the service hashes while receiving and stores the
-    blob under its sha256 digest.
+    blob under its sha256 digest. A stream that ends at another size than its first
+    chunk said (BlobChunk.size_bytes), or with other bytes than its digest, stores
+    nothing: INVALID_ARGUMENT.
     """
     ImportImage: _grpc.UnaryUnaryMultiCallable[_images_pb2.ImportImageRequest, _images_pb2.Image]
     ListImages: _grpc.UnaryUnaryMultiCallable[_images_pb2.ListImagesRequest, _images_pb2.ListImagesResponse]
@@ -58,7 +60,9 @@ class ImagesAsyncStub(ImagesStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     UploadBlob: _aio.StreamUnaryMultiCallable[_images_pb2.BlobChunk, _images_pb2.BlobRef]  # type: ignore[assignment]
     """Client stream of chunks; the service hashes while receiving and stores the
-    blob under its sha256 digest.
+    blob under its sha256 digest. A stream that ends at another size than its first
+    chunk said (BlobChunk.size_bytes), or with other bytes than its digest, stores
+    nothing: INVALID_ARGUMENT.
     """
     ImportImage: _aio.UnaryUnaryMultiCallable[_images_pb2.ImportImageRequest, _images_pb2.Image]  # type: ignore[assignment]
     ListImages: _aio.UnaryUnaryMultiCallable[_images_pb2.ListImagesRequest, _images_pb2.ListImagesResponse]  # type: ignore[assignment]
@@ -86,7 +90,9 @@ class ImagesServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_images_pb2.BlobRef, _abc.Awaitable[_images_pb2.BlobRef]]:
         """Client stream of chunks; the service hashes while receiving and stores the
-        blob under its sha256 digest.
+        blob under its sha256 digest. A stream that ends at another size than its first
+        chunk said (BlobChunk.size_bytes), or with other bytes than its digest, stores
+        nothing: INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
