@@ -34,7 +34,15 @@ def why_not_bindable(host: str, port: int, family: int = socket.AF_UNSPEC) -> st
         return exc.strerror or str(exc)
     why = ""
     for fam, kind, proto, _, where in infos:
-        with socket.socket(fam, kind, proto) as probe:
+        try:
+            probe = socket.socket(fam, kind, proto)
+        except OSError as exc:
+            if family == socket.AF_UNSPEC and where[0] == "::" and exc.errno == errno.EAFNOSUPPORT:
+                # A host without IPv6: gRPC listens on [::] there as on 0.0.0.0.
+                return why_not_bindable("0.0.0.0", port, socket.AF_INET)
+            why = why or reason(exc)  # this family is not for this host: try the next
+            continue
+        with probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(where)

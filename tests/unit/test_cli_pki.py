@@ -11,7 +11,7 @@ from cryptography import x509
 
 from workspace import pki
 from workspace.cli import admin
-from workspace.identity import Kind
+from workspace.identity import Identity, Kind
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -136,6 +136,31 @@ def test_two_service_replicas_on_one_host_get_names_of_their_own(
                        "--out", str(tmp_path / "renewed"), "--dir", ca)  # fmt: skip
     assert code == 0
     assert f"service:localhost already holds a valid certificate (serial {first})" in err
+
+
+def test_a_service_whose_certificate_expired_is_issued_a_new_one_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The usual renewal of a certificate that ran out: an expired one holds nothing
+    (clients refuse it), so neither the refusal nor the note "already holds a valid
+    certificate" is said of it; they were, naming the expired serial as valid."""
+    ca = tmp_path / "ca"
+    run(capsys, "pki", "init", "--dir", str(ca))
+    # days=0: it expires the moment it is issued (not_after is whole seconds).
+    pki.CA(ca).issue(Identity(Kind.SERVICE, "head"), tmp_path / "old", ("head",), days=0)
+    pki.CA(ca).issue(Identity(Kind.USER, "alice"), tmp_path / "old-alice", days=0)
+
+    code, out, err = run(capsys, "pki", "issue", "service", "head", "--out",
+                         str(tmp_path / "new"), "--dir", str(ca))  # fmt: skip
+    assert code == 0 and "issued service:head" in out
+    assert err == ""
+    code, _, err = run(capsys, "pki", "issue", "user", "alice", "--out",
+                       str(tmp_path / "new-alice"), "--dir", str(ca))  # fmt: skip
+    assert code == 0 and err == ""
+    # The new one is in force: a second is refused as before.
+    code, _, err = run(capsys, "pki", "issue", "service", "head", "--out",
+                       str(tmp_path / "third"), "--dir", str(ca))  # fmt: skip
+    assert code == 1 and "service:head already holds a valid certificate" in err
 
 
 def test_default_ca_dir_is_the_local_sites(

@@ -4,6 +4,7 @@ reused, and every error names the config key it comes from."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -19,7 +20,7 @@ from agent import main as agent_main
 from agent.agent import AGENT_ID_FILE
 from agent.cache import BlobCache
 from agent.peers import PeerServer
-from workspace import config, rpc
+from workspace import config, metrics_http, rpc
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
 from workspace.errors import ConfigError
 from workspace.service import main as service_main
@@ -272,3 +273,31 @@ def test_a_unix_socket_is_never_open_to_others_while_it_is_made(
     finally:
         os.umask(old)
     assert seen == [0o600]
+
+
+def test_a_host_without_ipv6_is_probed_as_grpc_binds_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a host without IPv6 (no AF_INET6 sockets at all) `[::]:PORT` is gRPC's
+    0.0.0.0:PORT: probed so, free or in use as that is; an IPv6 metrics address, which
+    cannot be served there, is one ConfigError naming its key. Both used to escape as
+    the OSError of the probe's own socket (a traceback)."""
+    real = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: object, **kw: object) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+        return real(family, *args, **kw)  # type: ignore[arg-type]
+
+    held = free_port_held()
+    free = free_port_held()
+    free_port = free.getsockname()[1]
+    free.close()
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    try:
+        port = held.getsockname()[1]
+        rpc.check_free(f"[::]:{free_port}", "listen")
+        with pytest.raises(ConfigError, match=rf"^listen: cannot bind \[::\]:{port}: in use$"):
+            rpc.check_free(f"[::]:{port}", "listen")
+        with pytest.raises(ConfigError, match=r"^metrics_listen: cannot bind \[::1\]:9464: "):
+            metrics_http.check_free("[::1]:9464")
+    finally:
+        held.close()

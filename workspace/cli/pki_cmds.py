@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,15 @@ def _not_after(row: pki.Issued) -> str:
         return render.fmt_epoch(datetime.fromisoformat(row.not_after).timestamp())
     except ValueError:  # not written by pki.py: shown as it is
         return row.not_after
+
+
+def _in_force(row: pki.Issued, now: datetime) -> bool:
+    """Whether ``row``'s certificate still works: not revoked, and not expired (an expired
+    one is not "a valid certificate" that a new one of its name would stand beside)."""
+    try:
+        return not row.revoked and datetime.fromisoformat(row.not_after) > now
+    except (ValueError, TypeError):  # not written by pki.py: taken as in force
+        return not row.revoked
 
 
 def _issued_dict(row: pki.Issued) -> dict[str, Any]:
@@ -101,7 +110,8 @@ def issue(args: argparse.Namespace) -> int:
     else:
         who, hosts = Identity(kind, args.name or args.hosts[0]), list(args.hosts)
     before = [r for r in ca.issued() if (r.kind, r.name) == (kind.value, who.name)]
-    valid = [r for r in before if not r.revoked]
+    now = datetime.now(UTC)
+    valid = [r for r in before if _in_force(r, now)]
     serials = ", ".join(f"{r.serial:#x}" for r in valid)
     if valid and kind is Kind.SERVICE and not args.force:
         # Every replica is the same service to clients; its name is only what `pki list`
