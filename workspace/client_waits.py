@@ -162,14 +162,16 @@ class Outage:
         return f"; the service has not answered since {at}"
 
 
-def _retried(ws: common_pb2.Workspace) -> str:
-    """What a FAILED workspace that is still meant to run will do: its node tries again."""
+def _retried(ws: common_pb2.Workspace, named: str = "") -> str:
+    """What a FAILED workspace that is still meant to run will do: its node tries again.
+    ``named``: how the waiter named it (``wait_until``); its name by default."""
     if (
         ws.state == WS.WORKSPACE_STATE_FAILED
         and ws.node
         and ws.desired_state == common_pb2.DESIRED_STATE_RUNNING
     ):
-        return f"; its node {ws.node} tries again (`ws watch {ws.name or ws.id}` follows it)"
+        watch = named or ws.name or ws.id
+        return f"; its node {ws.node} tries again (`ws watch {watch}` follows it)"
     return ""
 
 
@@ -211,6 +213,7 @@ class WaitsClientMixin:
         on_outage: Callable[[str], None] | None = None,
         *,
         waited_s: float | None = None,
+        named: str = "",
     ) -> common_pb2.Workspace:
         """Block until ``done(workspace)`` holds for workspace ``id``; return the workspace.
 
@@ -232,6 +235,9 @@ class WaitsClientMixin:
         ``waited_s``: how long a timeout says was waited, when ``timeout_s`` is only what
         was left of a longer wait (several workspaces waited for under one deadline, the
         later ones have what the first ones left); by default ``timeout_s``.
+        ``named``: the workspace as the caller named it (`ws start alice/web1 --wait`),
+        for the hint of a WaitFailed (`ws watch alice/web1`); by default its name, which
+        names the caller's own: another user's is OWNER/NAME.
         """
         deadline = time.monotonic() + timeout_s
         last: list[common_pb2.Workspace] = []
@@ -247,7 +253,7 @@ class WaitsClientMixin:
                 reason = f": {ws.reason}" if ws.reason else ""
                 raise WaitFailed(
                     f"workspace {ws.name or ws.id} is {state_name(ws.state)}{reason} "
-                    f"(waited for {goal}){_retried(ws)}",
+                    f"(waited for {goal}){_retried(ws, named)}",
                     ws,
                 )
             return False
@@ -366,6 +372,7 @@ class WaitsClientMixin:
         *,
         waited_s: float | None = None,
         desired: common_pb2.DesiredState.ValueType = common_pb2.DESIRED_STATE_UNSPECIFIED,
+        named: str = "",
     ) -> common_pb2.Workspace:
         """Block until workspace ``id`` is in one of ``states``; return it.
 
@@ -373,8 +380,8 @@ class WaitsClientMixin:
         waits for capacity whenever its reason changes (its place in the queue, why it
         waits: the service sends them as they change). Raises WaitFailed when it reaches
         FAILED, TERMINATED or LOST (unless waited for) and WaitTimeout after
-        ``timeout_s`` (``wait_until``, as ``waited_s``). A workspace that vanishes while
-        TERMINATED is waited for counts as terminated.
+        ``timeout_s`` (``wait_until``, as ``waited_s`` and ``named``). A workspace that
+        vanishes while TERMINATED is waited for counts as terminated.
 
         ``desired``: the desired state the operation waited for asked (DS.DESIRED_STATE_PAUSED
         after ``pause_workspace``). A workspace asked for another one meanwhile will not
@@ -415,6 +422,7 @@ class WaitsClientMixin:
             _state_or_wait,
             on_outage=on_outage,
             waited_s=waited_s,
+            named=named,
         )
 
     def wait_for_reboot(
@@ -426,6 +434,7 @@ class WaitsClientMixin:
         on_outage: Callable[[str], None] | None = None,
         *,
         waited_s: float | None = None,
+        named: str = "",
     ) -> common_pb2.Workspace:
         """Block until the node has carried out reboot number ``reboot_count`` of
         workspace ``id`` (the ``reboot_count`` that ``reboot_workspace`` returned: its
@@ -438,7 +447,7 @@ class WaitsClientMixin:
         workspace first and then whenever its state or its count changes. Raises
         WaitFailed when the workspace is asked to stop, pause or go before it is back
         RUNNING rebooted, or reaches FAILED, TERMINATED or LOST, and WaitTimeout after
-        ``timeout_s`` (``waited_s`` as for ``wait_until``).
+        ``timeout_s`` (``waited_s`` and ``named`` as for ``wait_until``).
         """
         goal = f"RUNNING with reboot {reboot_count} carried out"
 
@@ -462,7 +471,15 @@ class WaitsClientMixin:
             return f"{state_name(ws.state)}, {_reboots(ws)}"
 
         return self.wait_until(
-            id, done, goal, timeout_s, on_change, describe, on_outage, waited_s=waited_s
+            id,
+            done,
+            goal,
+            timeout_s,
+            on_change,
+            describe,
+            on_outage,
+            waited_s=waited_s,
+            named=named,
         )
 
     def wait_for_cluster_state(

@@ -100,6 +100,7 @@ class FakeClient:
         on_change: Any = None,
         on_outage: Any = None,
         waited_s: Any = None,
+        named: str = "",
     ) -> common_pb2.Workspace:
         """The workspace once in ``states`` (at once here: its state is set so)."""
         self.waited.append((id, list(states), timeout_s))
@@ -324,6 +325,42 @@ def test_workspace_commands_given_a_cluster_say_it_is_one(
     c.cluster = None  # neither: as the service says
     rc, _, err = run(c, capsys, "destroy", "mpi")
     assert rc == 1 and err == "ws: error: no workspace 'mpi'; `ws list` shows yours\n"
+
+
+def test_a_colleagues_cluster_given_as_a_workspace_is_named_as_owner_name(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin's `ws show mpi` (`ws destroy mpi`) that found alice's cluster mpi was
+    told `ws cluster destroy mpi` and its member mpi-head-0: by those bare names ws acts
+    on the admin's own mpi, or refuses a guess. Another user's are named alice/mpi."""
+    c = FakeClient()
+    c.cluster = clusters_pb2.Cluster(id="c1", name="mpi", owner="alice")
+    c.cluster.members.add(id="m0", name="mpi-head-0", role="head", state=RUNNING)
+    asked: list[str] = []
+
+    def whoami() -> workspaces_pb2.Caller:
+        asked.append("whoami")
+        return workspaces_pb2.Caller(user="root", admin=True)
+
+    def missing(ref: str, *_a: Any, **_kw: Any) -> Any:
+        raise errors.NotFound(f"no workspace {ref!r}; `ws list` shows yours")
+
+    monkeypatch.setattr(c, "whoami", whoami)
+    monkeypatch.setattr(c, "destroy_workspace", missing, raising=False)
+    members = "name one of its members (alice/mpi-head-0), or use "
+    for ref in ("mpi", "c1", "alice/mpi"):
+        for argv, instead in (
+            (["show", ref], "`ws cluster show alice/mpi`"),
+            (["destroy", ref], "`ws cluster destroy alice/mpi` for every member"),
+        ):
+            rc, out, err = run(c, capsys, *argv)
+            assert (rc, out) == (1, ""), argv
+            said = f"ws: error: {ref} is a cluster, not a workspace: {members}{instead}\n"
+            assert err == said, argv
+    assert len(asked) == 4  # by OWNER/NAME the owner is known: no WhoAmI
+    c.cluster.owner = "root"  # the admin's own: by its bare name
+    rc, _, err = run(c, capsys, "destroy", "mpi")
+    assert rc == 1 and "(mpi-head-0), or use `ws cluster destroy mpi` for every" in err
 
 
 # -- ws ssh --------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ class WaitInterrupted:
         on_outage: Any = None,
         waited_s: Any = None,
         desired: Any = None,
+        named: str = "",
     ) -> Any:
         name = ref.removeprefix("id-")
         if name == "b":  # the second of two: the first was waited for

@@ -249,6 +249,7 @@ class FakeClient:
         on_outage: Any = None,
         waited_s: Any = None,
         desired: Any = None,
+        named: str = "",
     ) -> Any:
         self._do("wait", id, states=list(states), timeout_s=timeout_s)
         final = _ws(next(iter(states)))

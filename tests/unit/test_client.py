@@ -220,6 +220,9 @@ class FakeWorkspaces(workspaces_pb2_grpc.WorkspacesServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no workspace {request.id!r}")
         return self._shown()[0]
 
+    def StartWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
+        return self._shown()[0]
+
     def UpdateWorkspace(self, request: Any, context: Any) -> common_pb2.Workspace:
         # As a service before resizing answers: the size fields are not read.
         return self._shown()[0]
@@ -1136,6 +1139,28 @@ def test_a_failed_workspace_its_node_tries_again_says_so(
     with pytest.raises(WaitFailed) as err:
         client.wait_for_state("w1", [WS.WORKSPACE_STATE_RUNNING], 5)
     assert "tries again" not in str(err.value)  # on no node: nothing will
+
+
+def test_a_failed_wait_names_the_workspace_as_the_user_did(
+    served: tuple[Client, FakeWorkspaces, FakeImages], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An admin's `ws start alice/alpha --wait` (or by its id) whose workspace failed
+    was told `ws watch alpha`, which watches the admin's own alpha if there is one: the
+    hint names it as the command did."""
+    client, wsvc, _ = served
+    wsvc.views = [
+        _ws(
+            WS.WORKSPACE_STATE_FAILED,
+            owner="alice",
+            node="node1",
+            desired_state=common_pb2.DESIRED_STATE_RUNNING,
+            reason="create failed",
+        )
+    ]
+    for ref in ("alice/alpha", "w1"):
+        assert ws_cli.main(["--service", client.address, "start", ref, "--wait"]) == 1
+        err = capsys.readouterr().err
+        assert f"its node node1 tries again (`ws watch {ref}` follows it)" in err, err
 
 
 def test_a_watch_tells_of_an_outage_once_and_of_its_end(

@@ -118,7 +118,7 @@ def scp_cmd(args: argparse.Namespace, client: Client) -> int:
     ws = guest_cmds.get_guest(
         client, ref, "`ws cluster scp {name} SRC... :DST` (or `:SRC... DIR`) for every member"
     )
-    ws = guest_cmds.once_running(client, args, ws)
+    ws = guest_cmds.once_running(client, args, ws, ref)
     guest_cmds.check_on_its_way(ws)
     guest_cmds.check_ssh(ws, args.user or "", "" if args.print else args.key or "")
     netns = guest_cmds.site_netns(client.address, ws.node)

@@ -88,7 +88,7 @@ def exec_cmd(args: argparse.Namespace, client: Client, late: guest_cmds.OptionPa
             file=sys.stderr,
         )
     ws = guest_cmds.get_guest(client, args.id, "`ws cluster exec {name} -- CMD` on every member")
-    ws = guest_cmds.once_running(client, args, ws)
+    ws = guest_cmds.once_running(client, args, ws, args.id)
     guest_cmds.check_on_its_way(ws)
     wait_s = guest_cmds.boot_wait(args, ws)
     try:

@@ -233,16 +233,28 @@ def cluster_named(
     cluster = live_cluster(client, ref)
     if cluster is None:
         return missing
+    # Another user's cluster and members by OWNER/NAME: by the bare name a command acts
+    # on the caller's own, or refuses a guess (docs/design/cli.md).
+    whose = owner_prefix(client, ref, cluster.owner)
     live = [m for m in cluster.members if m.state != TERMINATED]
-    names = [m.name for m in live]
+    names = [whose + m.name for m in live]
     shown = ", ".join(names[:MEMBERS_NAMED])
     if len(names) > MEMBERS_NAMED:
         shown += f", ... ({len(names)} in all)"
     members = f"name one of its members ({shown})" if names else "it has no members now"
     return errors.NotFound(
         f"{ref} is a cluster, not a workspace: {members}, or use "
-        + instead.format(name=cluster.name)
+        + instead.format(name=whose + cluster.name)
     )
+
+
+def owner_prefix(client: Client, ref: str, owner: str) -> str:
+    """How a hint names what ``ref`` found, of ``owner``: "OWNER/" before its name when
+    it is not the caller's, "" when it is (as the service names it: ops/lifecycle.py
+    ``named_for``). A ``ref`` with a '/' named the owner already (no ``WhoAmI``)."""
+    if "/" not in ref and client.whoami().user == owner:
+        return ""
+    return f"{owner}/"
 
 
 @contextlib.contextmanager
@@ -256,14 +268,16 @@ def naming_clusters(client: Client, ref: str, instead: str) -> Iterator[None]:
 
 
 def once_running(
-    client: Client, args: argparse.Namespace, ws: common_pb2.Workspace
+    client: Client, args: argparse.Namespace, ws: common_pb2.Workspace, ref: str
 ) -> common_pb2.Workspace:
     """``ws``; with ``--retry N`` and ``ws`` still on its way to RUNNING (right after
     ``ws create`` without --wait), ``ws`` once RUNNING, waited for up to N seconds with
-    its state changes said on stderr (WaitTimeout, WaitFailed otherwise)."""
+    its state changes said on stderr (WaitTimeout, WaitFailed otherwise, naming it
+    ``ref``, as the user did)."""
     if not args.retry or ws.state not in ON_THE_WAY:
         return ws
-    return client.wait_for_state(ws.id, [RUNNING], args.retry, render.workspace_progress("ws"))
+    progress = render.workspace_progress("ws")
+    return client.wait_for_state(ws.id, [RUNNING], args.retry, progress, named=ref)
 
 
 def check_on_its_way(ws: common_pb2.Workspace) -> None:
@@ -370,7 +384,7 @@ def ssh_cmd(args: argparse.Namespace, client: Client, late: OptionParser) -> int
     command = command_of(args, late, "ws ssh", required=False)
     json_only_with_print(args, "ssh")
     ws = get_guest(client, args.id, "`ws cluster exec {name} -- CMD` on every member")
-    ws = once_running(client, args, ws)
+    ws = once_running(client, args, ws, args.id)
     check_on_its_way(ws)
     check_ssh(ws, args.user or "", "" if args.print else args.key or "")
     netns = site_netns(client.address, ws.node)

@@ -303,7 +303,7 @@ class Commands(common.ClientCommands):
                 left = max(0.0, deadline - time.monotonic())
                 if args.command == "reboot":
                     return _wait_rebooted(
-                        client, args, ws.id or ref, ws.reboot_count, left, seen, wait_s
+                        client, args, ws.id or ref, ws.reboot_count, left, seen, wait_s, ref
                     )
                 progress = _recorded(seen, render.workspace_progress(PROG))
                 # A timeout says the whole wait (the later ones have what is left of it).
@@ -315,6 +315,7 @@ class Commands(common.ClientCommands):
                     on_outage=WAIT_OUTAGE,
                     waited_s=wait_s,
                     desired=ACTION_DESIRED[args.command],
+                    named=ref,  # a hint names it as the user did (`ws watch alice/web1`)
                 )
 
             try:
@@ -462,13 +463,14 @@ def _wait_rebooted(
     wait_s: float,
     seen: dict[str, common_pb2.Workspace],
     waited_s: float | None = None,
+    named: str = "",
 ) -> common_pb2.Workspace:
     """`ws reboot --wait`: until the node reports reboot ``reboot_count`` carried out and
     the workspace RUNNING. A node whose agent does not report reboots (an older release)
     cannot confirm it: then RUNNING is enough, as before, and stderr says so."""
     progress = _recorded(seen, render.reboot_progress(PROG, reboot_count))
     ws = client.wait_for_reboot(
-        ref, reboot_count, wait_s, progress, on_outage=WAIT_OUTAGE, waited_s=waited_s
+        ref, reboot_count, wait_s, progress, on_outage=WAIT_OUTAGE, waited_s=waited_s, named=named
     )
     if rebooted(ws, reboot_count) is None:
         print(
