@@ -45,6 +45,7 @@ from workspace.client_address import identity_tls as identity_tls  # re-exported
 from workspace.client_address import resolve_address as resolve_address  # re-exported
 from workspace.client_address import resolve_tls as resolve_tls  # re-exported
 from workspace.client_address import tls_from_env as tls_from_env  # re-exported
+from workspace.client_admin import AdminClientMixin
 from workspace.client_args import BadArgument as BadArgument  # re-exported
 from workspace.client_args import address as address_arg
 from workspace.client_args import checked_arguments, grpc_timeout, seconds, strings
@@ -85,7 +86,6 @@ from workspace.config import TlsConfig
 from workspace.tls_probe import refused_by_any
 from workspace.v1 import (
     access_pb2_grpc,
-    admin_pb2,
     admin_pb2_grpc,
     clusters_pb2,
     clusters_pb2_grpc,
@@ -136,6 +136,7 @@ class Client(
     BackfillClientMixin,
     ElasticClientMixin,
     WhoAmIClientMixin,
+    AdminClientMixin,
 ):
     """A connection to one workspace service. Thread-safe; close() when done (or use it
     as a context manager). A wrong argument (type, range) raises ``BadArgument``, an
@@ -667,120 +668,6 @@ class Client(
         ended), or none's: a member that cannot be extended so far refuses the whole."""
         req = clusters_pb2.ExtendClusterLeaseRequest(id=id, add_s=add_s)
         return self._call(self._clusters.ExtendClusterLease, req)
-
-    # -- Admin -------------------------------------------------------------------------
-
-    def list_nodes(self) -> list[admin_pb2.Node]:
-        return list(self._call(self._admin.ListNodes, admin_pb2.ListNodesRequest()).nodes)
-
-    def get_node(self, name: str) -> admin_pb2.Node:
-        """Node ``name`` as ``list_nodes`` shows it (NotFound if the site has none)."""
-        for node in self.list_nodes():
-            if node.name == name:
-                return node
-        raise errors.NotFound(f"no node {name!r}; `ws-admin node list` shows them")
-
-    def list_cache(self, node: str) -> admin_pb2.ListCacheResponse:
-        return self._call(self._admin.ListCache, admin_pb2.NodeRef(name=node))
-
-    def preload_image(self, image: str, nodes: list[str]) -> admin_pb2.PreloadImageResponse:
-        req = admin_pb2.PreloadImageRequest(image=image, nodes=strings(nodes, "nodes"))
-        return self._call(self._admin.PreloadImage, req)
-
-    def create_network(
-        self,
-        name: str,
-        subnet: str,
-        gateway: str = "",
-        range_start: str = "",
-        range_end: str = "",
-        bridge: str = "",
-        mac_prefix: str = "",
-        dns: Sequence[str] = (),
-        vlan: int = 0,
-    ) -> admin_pb2.Network:
-        net = admin_pb2.Network(
-            vlan=vlan,
-            name=name,
-            subnet=subnet,
-            gateway=gateway,
-            range_start=range_start,
-            range_end=range_end,
-            bridge=bridge,
-            mac_prefix=mac_prefix,
-            dns=strings(dns, "dns"),
-        )
-        return self._call(self._admin.CreateNetwork, net)
-
-    def list_networks(self) -> list[admin_pb2.Network]:
-        resp = self._call(self._admin.ListNetworks, admin_pb2.ListNetworksRequest())
-        return list(resp.networks)
-
-    def delete_network(self, name: str) -> admin_pb2.Network:
-        """Remove network ``name``; refused while a workspace, cluster or backfill entry
-        uses it."""
-        return self._call(self._admin.DeleteNetwork, admin_pb2.NetworkRef(name=name))
-
-    def update_network(
-        self,
-        name: str,
-        dns: Sequence[str] | None = None,
-        addresses: tuple[str, str] | None = None,
-    ) -> admin_pb2.Network:
-        """Change network ``name``: its DNS servers (an empty list: none) and the range
-        its addresses are allocated from (first, last; "" for a default); None leaves
-        one as it is."""
-        req = admin_pb2.UpdateNetworkRequest(name=name)
-        if dns is not None:
-            req.set_dns = True
-            req.dns.extend(strings(dns, "dns"))
-        if addresses is not None:
-            req.set_range = True
-            req.range_start, req.range_end = addresses
-        return self._call(self._admin.UpdateNetwork, req)
-
-    def drain_node(self, name: str) -> admin_pb2.Node:
-        """Give node ``name`` no new work; what runs there keeps running."""
-        return self._call(self._admin.DrainNode, admin_pb2.NodeRef(name=name))
-
-    def enable_node(self, name: str) -> admin_pb2.Node:
-        """Undo drain_node."""
-        return self._call(self._admin.EnableNode, admin_pb2.NodeRef(name=name))
-
-    def remove_node(self, name: str) -> admin_pb2.Node:
-        """Forget node ``name``; refused while it holds live workspaces."""
-        return self._call(self._admin.RemoveNode, admin_pb2.NodeRef(name=name))
-
-    def list_queue(self) -> list[admin_pb2.QueueEntry]:
-        """Requests waiting for capacity, first in line first."""
-        return list(self._call(self._admin.ListQueue, admin_pb2.ListQueueRequest()).entries)
-
-    def list_replicas(self) -> list[admin_pb2.Replica]:
-        """(admins) The service replicas alive now, the one answering first; on SQLite
-        the one process. ``leader``: the one running the background loops."""
-        resp = self._call(self._admin.ListReplicas, admin_pb2.ListReplicasRequest())
-        return list(resp.replicas)
-
-    def get_scheduler_input(
-        self,
-        cpus: int = 0,
-        memory_mib: int = 0,
-        networks: Sequence[str] = (),
-        image: str = "",
-        requirements: Mapping[str, str] | None = None,
-        preemptible: bool = False,
-    ) -> str:
-        """The scheduler's input for such a request, as JSON text (for offline replay);
-        ``preemptible``: of the preemptible class."""
-        req = admin_pb2.SchedulerInputRequest(
-            cpus=cpus,
-            memory_mib=memory_mib,
-            networks=strings(networks, "networks"),
-            image=image,
-            requirements=dict(requirements or {}),
-            preemptible=preemptible,
-        )
-        return self._call(self._admin.GetSchedulerInput, req).json
 
 
 def _timestamp(epoch_s: float) -> Timestamp | None:
