@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import google.protobuf
 import grpc
 
-from workspace import errors
+from workspace import errors, rpc
 from workspace.tls_reload import ChannelClosed
 
 C = TypeVar("C", bound=type)
@@ -107,6 +107,9 @@ def address(value: object) -> str:
             "Client: address must be the service's address as a string, such as "
             f"'localhost:50051' or 'unix:/run/workspace/service.sock', not {value!r}"
         )
+    for part in value.split(","):
+        if rpc.is_unix(part.strip()) and (why := rpc.too_long(rpc.unix_path(part.strip()))):
+            raise BadArgument(f"Client: {why}")  # ws-slurm took gRPC's words for a refusal
     return value
 
 

@@ -13,6 +13,10 @@ from __future__ import annotations
 import errno
 import socket
 
+# The longest path a unix socket's address holds: sun_path is 108 bytes on Linux, its
+# terminating NUL included.
+UNIX_PATH_MAX = 107
+
 
 def reason(exc: OSError) -> str:
     """Why a bind failed, in the words every listen error uses."""

@@ -256,6 +256,8 @@ def check_free(address: str, key: str) -> None:
     daemons ask it before they make their store or state, and ``listen_on`` again just
     before it binds). A unix socket a killed process left is removed (``listen_on``)."""
     if is_unix(address):
+        if why := too_long(unix_path(address)):
+            raise ConfigError(f"{key}: {why}")
         _clear_unix_path(unix_path(address), key)
         return
     host, sep, digits = address.rpartition(":")
@@ -268,6 +270,21 @@ def check_free(address: str, key: str) -> None:
 def unix_path(address: str) -> Path:
     """The file of a ``unix:/path`` (or ``unix:///path``) address."""
     return Path(address.removeprefix("unix:").removeprefix("//"))
+
+
+def too_long(path: Path) -> str:
+    """Why no socket can have ``path`` (longer than a socket's address holds: gRPC said
+    "Failed to create channel ... the target uri is not valid", code UNKNOWN, to a client,
+    and "Path name should not have more than 107 characters" above a daemon's error), or
+    "" when one can."""
+    size = len(os.fsencode(path))
+    if size <= ports.UNIX_PATH_MAX:
+        return ""
+    return (
+        f"the unix socket path {path} is {size} bytes, over the {ports.UNIX_PATH_MAX} a "
+        "socket's address holds: give it a shorter path (a shorter symlink to its "
+        "directory will do)"
+    )
 
 
 def _clear_unix_path(path: Path, key: str) -> None:

@@ -36,6 +36,31 @@ def test_a_client_given_no_address_string_says_so(address: object) -> None:
     )
 
 
+LONG = "/tmp/" + "d" * 100 + "/service.sock"  # 118 bytes
+
+
+@pytest.mark.parametrize(
+    "address", [f"unix:{LONG}", f"unix://{LONG}", f"localhost:7070,unix:{LONG}"]
+)
+def test_a_unix_socket_path_longer_than_a_socket_address_holds_is_said_so(address: str) -> None:
+    """gRPC answered such a path with "Failed to create channel ... the target uri is not
+    valid", code UNKNOWN at the first call, which ws-slurm told Slurm as the service
+    refusing it (a site made under a deep directory)."""
+    with pytest.raises(errors.BadArgument) as info:
+        Client(address)
+    assert str(info.value) == (
+        f"Client: the unix socket path {LONG} is 118 bytes, over the 107 a socket's "
+        "address holds: give it a shorter path (a shorter symlink to its directory will do)"
+    )
+
+
+def test_a_unix_socket_path_a_socket_address_holds_is_taken() -> None:
+    path = "/tmp/" + "d" * (107 - len("/tmp/") - len("/s")) + "/s"
+    assert len(path) == 107
+    with Client(f"unix:{path}"):
+        pass
+
+
 class FakeClient:
     """What the commands under test ask of a Client, answered as a service would."""
 

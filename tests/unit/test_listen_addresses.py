@@ -84,6 +84,28 @@ def test_a_unix_listen_path_that_is_not_a_socket_is_refused_and_kept(tmp_path: P
     assert precious.read_text() == "listen = 'x'\n"
 
 
+def test_a_unix_listen_path_too_long_for_a_socket_is_one_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A data directory deep enough: gRPC's own "add_port.cc ... Path name should not have
+    more than 107 characters" on stderr, then "cannot create the socket there", which
+    does not say why. Said before the store is made, as any listen error."""
+    deep = tmp_path / ("d" * (120 - len(str(tmp_path))))
+    deep.mkdir()
+    path = deep / "service.sock"
+    cfg = service_cfg(tmp_path, "d", f"unix:{path}")
+    conf = config.write(tmp_path / "s.toml", cfg)
+    assert service_main.main(["--config", str(conf)]) == 1
+    err = capfd.readouterr().err
+    assert err.rstrip().endswith(
+        f"cannot start: listen: the unix socket path {path} is {len(str(path))} bytes, over "
+        "the 107 a socket's address holds: give it a shorter path (a shorter symlink to its "
+        "directory will do)"
+    ), err
+    assert "add_port" not in err
+    assert not (tmp_path / "d" / "service.db").exists()
+
+
 def free_port_held() -> socket.socket:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

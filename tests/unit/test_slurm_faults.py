@@ -102,6 +102,23 @@ def test_no_service_address_is_a_config_error_told_to_slurm(
     assert "config has no service address" in capsys.readouterr().out
 
 
+def test_a_service_address_the_client_cannot_take_is_a_config_error(run: Run) -> None:
+    """A unix socket path too long for a socket's address (a site under a deep directory):
+    gRPC's "Failed to create channel", code UNKNOWN, reached Slurm as "service refused
+    ws-slurm", which sends the admin to the certificate."""
+    path = "/srv/" + "d" * 100 + "/service.sock"
+    run.config.write_text(run.config.read_text() + f'service = "unix:{path}"\n')
+    code = cli.main(["--config", str(run.config), "resume", "c1"], None, run.scontrol)
+    assert code == 2
+    said = (
+        f"the unix socket path {path} is 118 bytes, over the 107 a socket's address holds: "
+        "give it a shorter path (a shorter symlink to its directory will do)"
+    )
+    reason = run.scontrol.down["c1"]
+    assert reason.startswith(f"ws: config: the unix socket path {path} is 118 bytes"), reason
+    assert said in run.text()  # the log has all of it
+
+
 @pytest.mark.parametrize(
     ("command", "powered"),
     [("resume", ["c1", "c2"]), ("suspend", []), ("resume-fail", [])],

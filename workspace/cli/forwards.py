@@ -32,9 +32,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from workspace import errors
+from workspace.ports import UNIX_PATH_MAX
 
-# sun_path is 108 bytes on Linux, its terminating NUL included.
-SOCKET_PATH_MAX = 107
 _CHUNK = 64 * 1024
 
 
@@ -129,9 +128,9 @@ class Relay:
 
     def _socket_path(self, name: str) -> str:
         path = str(self.dir / f"{name}.sock")
-        if len(path.encode()) > SOCKET_PATH_MAX:
+        if len(path.encode()) > UNIX_PATH_MAX:
             raise errors.FailedPrecondition(
-                f"cannot forward through {path}: over {SOCKET_PATH_MAX} bytes "
+                f"cannot forward through {path}: over {UNIX_PATH_MAX} bytes "
                 f"(a shorter TMPDIR helps)"
             )
         return path

@@ -34,14 +34,13 @@ from workspace.config import (
     TlsConfig,
 )
 from workspace.errors import ConfigError
+from workspace.ports import UNIX_PATH_MAX
 from workspace.site.identities import SiteIdentities
 from workspace.site.record import AGENT_CONFIG, AGENT_LOG, site_directory
 from workspace.site.switch import UPLINK
 
 SERVICE_CONFIG = "service.toml"
 PEER_SOCKET = "peers.sock"
-# sun_path is 108 bytes including the terminating NUL.
-UNIX_PATH_MAX = 107
 DRIVERS = ("fake", "libvirt")
 C = TypeVar("C", ServiceConfig, AgentConfig)
 # The keys of service.toml and agent.toml that `site up` writes anew at every start:

@@ -57,6 +57,7 @@ from workspace.hostproc import (
     stop_process,
     terminate_all,
 )
+from workspace.ports import UNIX_PATH_MAX
 from workspace.site import qemu_access
 from workspace.site.qemu_access import QEMU_GROUP, QEMU_USER
 
@@ -73,8 +74,6 @@ LIBVIRT_DIRS: tuple[tuple[str, str], ...] = (
 DAEMONS = ("virtlogd", "libvirtd")  # start order; stopped in reverse
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
-# sun_path is 108 bytes including the terminating NUL.
-UNIX_PATH_MAX = 107
 # The private libvirtd's directories under the site (what a umask of 022 made them):
 # root's libvirtd reads its configuration there, so nobody else may write them.
 CONFIG_DIR_MODE = 0o755

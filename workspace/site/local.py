@@ -45,6 +45,7 @@ from typing import Any, Protocol
 from workspace import config, errors, hostproc, stopsignals
 from workspace.config import AgentConfig, ServiceConfig, TlsConfig
 from workspace.files import open_private
+from workspace.ports import UNIX_PATH_MAX
 from workspace.site import hostenv, identities, metrics_ports, status
 from workspace.site.configs import (
     DEFAULT_NETWORK as DEFAULT_NETWORK,  # re-exported
@@ -53,7 +54,6 @@ from workspace.site.configs import (
     DRIVERS,
     PEER_SOCKET,
     SERVICE_CONFIG,
-    UNIX_PATH_MAX,
     NodeSpec,
     write_configs,
 )

@@ -238,6 +238,10 @@ def connect(s: Settings) -> Client:
             f'config has no service address: set service = "host:port" in the ws-slurm '
             f"config ({exc.message})"
         ) from None
+    except errors.BadArgument as exc:
+        # What the config gave the client (a unix socket path too long for one): told as
+        # the config's, not as the service refusing ws-slurm.
+        raise errors.ConfigError(exc.message.removeprefix("Client: ")) from None
 
 
 def config_reason(message: str) -> str:
