@@ -161,6 +161,16 @@ def test_a_service_whose_certificate_expired_is_issued_a_new_one_without_force(
     code, _, err = run(capsys, "pki", "issue", "service", "head", "--out",
                        str(tmp_path / "third"), "--dir", str(ca))  # fmt: skip
     assert code == 1 and "service:head already holds a valid certificate" in err
+    # pki list says which ran out (it said "valid" of them).
+    code, out, _ = run(capsys, "pki", "list", "--dir", str(ca))
+    states = {(line.split()[1], line.split()[2], line.split()[-1]) for line in out.splitlines()[1:]}
+    assert states == {
+        ("service", "head", "expired"), ("user", "alice", "expired"),
+        ("service", "head", "valid"), ("user", "alice", "valid"),
+    }  # fmt: skip
+    code, out, _ = run(capsys, "pki", "list", "--dir", str(ca), "-o", "json")
+    assert sorted(r["state"] for r in json.loads(out)["issued"]) == [
+        "expired", "expired", "valid", "valid"]  # fmt: skip
 
 
 def test_default_ca_dir_is_the_local_sites(

@@ -60,6 +60,14 @@ def _in_force(row: pki.Issued, now: datetime) -> bool:
         return not row.revoked
 
 
+def _state(row: pki.Issued, now: datetime) -> str:
+    """What ``pki list`` says of ``row``: revoked, expired (it showed "valid" for one whose
+    time had run out, which no client takes) or valid."""
+    if row.revoked:
+        return "revoked"
+    return "valid" if _in_force(row, now) else "expired"
+
+
 def _issued_dict(row: pki.Issued) -> dict[str, Any]:
     return {
         "serial": f"{row.serial:#x}",
@@ -190,13 +198,14 @@ def bundle(args: argparse.Namespace) -> int:
 def list_issued(args: argparse.Namespace) -> int:
     ca = pki.CA(_ca_dir(args))
     rows = ca.issued()
-    data = {"dir": str(ca.dir), "issued": [_issued_dict(r) for r in rows]}
+    now = datetime.now(UTC)
+    data = {
+        "dir": str(ca.dir),
+        "issued": [_issued_dict(r) | {"state": _state(r, now)} for r in rows],
+    }
     text = render.table(
         ["SERIAL", "KIND", "NAME", "NOT_AFTER", "STATE"],
-        [
-            (f"{r.serial:#x}", r.kind, r.name, _not_after(r), "revoked" if r.revoked else "valid")
-            for r in rows
-        ],
+        [(f"{r.serial:#x}", r.kind, r.name, _not_after(r), _state(r, now)) for r in rows],
     )
     render.emit(args, data, text if rows else f"nothing issued yet by the CA in {ca.dir}")
     return common.EXIT_OK
