@@ -275,7 +275,8 @@ def test_ws_watch_mine(sites: Sites, mine: bool, capsys: pytest.CaptureFixture[s
     argv = ["--service", site.address, "--identity", str(site.pki.user("bob"))]
     flag = ["--mine"] if mine else []
     connect = _ctrl_c_after("b2", later)
-    assert ws_main([*argv, "watch", *flag, "-o", "json"], connect=connect) == 0
+    # Ctrl-C ends a watch as any wait: exit 130 (the lines printed before it stay whole)
+    assert ws_main([*argv, "watch", *flag, "-o", "json"], connect=connect) == 130
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     shown = {(e["workspace"]["name"], e["workspace"]["owner"]) for e in events}
     if mine:
@@ -285,7 +286,7 @@ def test_ws_watch_mine(sites: Sites, mine: bool, capsys: pytest.CaptureFixture[s
     assert {e["mine"] for e in events} == {mine}
     # The text form names the same workspaces, one line per change.
     connect = _ctrl_c_after("b1", lambda: None)
-    assert ws_main([*argv, "watch", *flag], connect=connect) == 0
+    assert ws_main([*argv, "watch", *flag], connect=connect) == 130
     lines = capsys.readouterr().out.splitlines()
     assert any(" b1 " in f" {line} " for line in lines)
     assert any(" a1 " in f" {line} " for line in lines) is not mine
