@@ -302,9 +302,7 @@ class ConsoleRelay:
         if self.hub.connected(str(msg.get("node", ""))):
             now = time.monotonic()
             with self._lock:
-                self._offered = {
-                    k: v for k, v in self._offered.items() if now - v[0] < offers.KEEP_S
-                }
+                self._offered = offers.recent(self._offered, now)
                 self._offered[sid] = (now, msg)
             body["op"] = "cack"
         elif msg.get("from") == self.relay.replica_id:

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from workspace.errors import Unavailable
 
@@ -40,6 +41,16 @@ LOOK_S = 0.25
 # The live replicas: when their picture was read (time.monotonic(), when the read began)
 # and their ids.
 Peers = Callable[[], tuple[float, Iterable[str]]]
+
+
+K = TypeVar("K")
+V = TypeVar("V", bound=tuple[Any, ...])
+
+
+def recent(kept: dict[K, V], now: float, keep_s: float = KEEP_S) -> dict[K, V]:
+    """``kept`` (each value's first item the monotonic time it was kept) without what is
+    ``keep_s`` old or older: what a holder keeps of the offers it said yes to."""
+    return {k: v for k, v in kept.items() if now - v[0] < keep_s}
 
 
 @dataclass(frozen=True)

@@ -183,12 +183,8 @@ class TaskForwarder:
                 return
             now = time.monotonic()
             with self._lock:
-                self._offered = {
-                    k: v for k, v in self._offered.items() if now - v[0] < offers.KEEP_S
-                }
-                self._incoming = {
-                    k: v for k, v in self._incoming.items() if now - v[0] < 3 * offers.KEEP_S
-                }
+                self._offered = offers.recent(self._offered, now)
+                self._incoming = offers.recent(self._incoming, now, 3 * offers.KEEP_S)
                 self._offered[str(msg["id"])] = (now, msg)
             # "parts": this replica takes a task's fields in parts with the go.
             ack = {"op": "ack", "by": self.relay.replica_id, "parts": 1}
